@@ -1,0 +1,63 @@
+"""`Consumer`: an actor that writes batches to one sink; `ConsumerPool` spreads batches.
+
+Consumers are restartable actors (Ray `max_restarts`), so a dead one comes back on its
+own; the pool sends a batch whose consumer died to the next one. Writes are idempotent
+per batch id, so a batch written twice (once by a consumer that died before replying)
+replaces itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+import ray
+
+from sinks import open_sink
+from sinks.base import Batch, Rejected
+from sluice.config import SinkSpec
+
+logger = logging.getLogger("sluice.consumer")
+
+
+class Consumer:
+    """Holds one open sink and writes the batches it is given."""
+
+    def __init__(self, spec: SinkSpec) -> None:
+        self.spec = spec
+        self.sink = open_sink(spec)
+        self.written = 0
+
+    def write(self, batch: Batch) -> list[Rejected]:
+        rejected = self.sink.write(batch)
+        self.written += batch.end - batch.start
+        return rejected
+
+    def ping(self) -> int:
+        return self.written
+
+
+class ConsumerPool:
+    """Round-robin over one sink's consumers; a failed call moves to the next consumer.
+
+    Consumers are named actors looked up on first use, so a restarted producer finds
+    the same pool without holding handles in its constructor arguments.
+    """
+
+    def __init__(self, names: list[str], namespace: str) -> None:
+        if not names:
+            raise ValueError("a consumer pool needs at least one consumer")
+        self.names = names
+        self.namespace = namespace
+        self._handles: dict[str, Any] = {}
+        self._next = itertools.cycle(names)
+
+    async def write(self, batch_ref: Any) -> list[Rejected]:
+        """Write through one consumer; raises what the sink or Ray raised (caller retries)."""
+        name = next(self._next)
+        consumer = self._handles.get(name)
+        if consumer is None:
+            consumer = self._handles[name] = ray.get_actor(name, namespace=self.namespace)
+        result: list[Rejected] = await consumer.write.remote(batch_ref)
+        return result

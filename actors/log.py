@@ -1,0 +1,251 @@
+"""`SegmentLog`: a producer's append-only log of events, with one committed cursor per sink.
+
+On disk (in `/dev/shm` by default) a log directory holds:
+
+- `log.id`: a random id made when the log is first created; batch ids start with it, so
+  two logs never name a batch alike.
+- `NNNNNNNNNNNNNNNNNNNN.seg`: segment files named by the offset of their first record.
+  A record is `length (u32) | crc32 (u32) | payload`.
+- `cursor.SINK`: the first offset that sink has not committed yet.
+
+Appends go to the newest segment in one `write` per call (one call = one micro-batch),
+with `fsync` when asked. A segment is deleted once every sink has committed past it.
+The uncommitted records are also kept in memory, so dispatch never reads the files;
+the files are read only when a log is reopened.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import struct
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_HEADER = struct.Struct("<II")
+_SEGMENT_SUFFIX = ".seg"
+
+
+class LogFull(Exception):
+    """The log holds its capacity of uncommitted events; a sink is behind or down."""
+
+
+@dataclass
+class Cursor:
+    """How far one sink has committed, persisted in the log directory."""
+
+    sink_id: str
+    offset: int
+
+
+@dataclass
+class _Segment:
+    base: int  # offset of its first record
+    path: Path
+    end: int  # one past its last record
+    size: int
+
+
+class SegmentLog:
+    """Append-only, crash-recoverable log of one producer. Not thread-safe: one owner."""
+
+    def __init__(
+        self,
+        directory: Path,
+        sink_ids: Iterable[str],
+        *,
+        capacity_bytes: int = 512 * 1024 * 1024,
+        segment_bytes: int = 16 * 1024 * 1024,
+        fsync: bool = False,
+    ) -> None:
+        self.directory = directory
+        self.capacity_bytes = capacity_bytes
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        directory.mkdir(parents=True, exist_ok=True)
+        id_file = directory / "log.id"
+        if not id_file.exists():
+            _write_atomic(id_file, secrets.token_hex(4))
+        self.log_id = id_file.read_text().strip()
+
+        self._segments: list[_Segment] = []
+        self._records: list[bytes] = []  # uncommitted records, from offset self._base
+        self._times: list[float] = []  # when each record was appended (monotonic)
+        self._base = 0
+        self._bytes = 0  # payload bytes held in self._records
+        self._fd: int | None = None
+        self.cursors: dict[str, Cursor] = {}
+        self._recover(list(sink_ids))
+
+    # -- reading state -------------------------------------------------------------
+
+    @property
+    def end(self) -> int:
+        """One past the newest offset."""
+        return self._base + len(self._records)
+
+    @property
+    def start(self) -> int:
+        """The oldest offset still held (not yet committed by every sink)."""
+        return self._base
+
+    @property
+    def held_bytes(self) -> int:
+        return self._bytes
+
+    def read(self, start: int, end: int) -> list[bytes]:
+        """Payloads of `[start, end)`; the range must still be held."""
+        if start < self._base or end > self.end:
+            raise IndexError(
+                f"range [{start}, {end}) not held; log holds [{self._base}, {self.end})"
+            )
+        return self._records[start - self._base : end - self._base]
+
+    def appended_at(self, offset: int) -> float:
+        """Monotonic time the record at `offset` was appended (or reopened)."""
+        return self._times[offset - self._base]
+
+    def cut(self, start: int, max_events: int, max_bytes: int) -> int:
+        """End of the largest range from `start` within both limits (at least one record)."""
+        end = min(self.end, start + max_events)
+        size = 0
+        for i in range(start - self._base, end - self._base):
+            size += len(self._records[i])
+            if size > max_bytes and i > start - self._base:
+                return self._base + i
+        return end
+
+    def bytes_between(self, start: int, end: int) -> int:
+        return sum(len(r) for r in self._records[start - self._base : end - self._base])
+
+    # -- writing -------------------------------------------------------------------
+
+    def append(self, payloads: list[bytes]) -> int:
+        """Store `payloads` durably (as durable as the directory); returns the first offset.
+
+        Raises `LogFull` and stores nothing when the log is at capacity.
+        """
+        size = sum(len(p) for p in payloads)
+        if self._bytes + size > self.capacity_bytes and self._records:
+            raise LogFull(
+                f"log {self.directory} holds {self._bytes} bytes of uncommitted events "
+                f"(capacity {self.capacity_bytes})"
+            )
+        first = self.end
+        segment = self._segments[-1] if self._segments else None
+        if segment is None or segment.size >= self.segment_bytes:
+            segment = self._open_segment(first)
+        data = b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads)
+        assert self._fd is not None
+        os.write(self._fd, data)
+        if self.fsync:
+            os.fsync(self._fd)
+        segment.size += len(data)
+        segment.end += len(payloads)
+        now = time.monotonic()
+        self._records.extend(payloads)
+        self._times.extend([now] * len(payloads))
+        self._bytes += size
+        return first
+
+    def commit(self, sink_id: str, offset: int) -> None:
+        """Record that `sink_id` has everything before `offset`; frees what all sinks have."""
+        cursor = self.cursors[sink_id]
+        if offset <= cursor.offset:
+            return
+        cursor.offset = offset
+        _write_atomic(self.directory / f"cursor.{sink_id}", str(offset))
+        self._trim()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # -- internals -----------------------------------------------------------------
+
+    def _open_segment(self, base: int) -> _Segment:
+        if self._fd is not None:
+            os.close(self._fd)
+        path = self.directory / f"{base:020d}{_SEGMENT_SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        segment = _Segment(base=base, path=path, end=base, size=0)
+        self._segments.append(segment)
+        return segment
+
+    def _trim(self) -> None:
+        committed = min(c.offset for c in self.cursors.values())
+        while self._segments and self._segments[0].end <= committed:
+            segment = self._segments.pop(0)
+            if not self._segments and self._fd is not None:
+                os.close(self._fd)  # the newest: the next append opens a new one
+                self._fd = None
+            segment.path.unlink(missing_ok=True)
+        drop = committed - self._base
+        if drop > 0 and (drop >= 4096 or drop == len(self._records)):
+            self._bytes -= sum(len(r) for r in self._records[:drop])
+            del self._records[:drop]
+            del self._times[:drop]
+            self._base = committed
+
+    def _recover(self, sink_ids: list[str]) -> None:
+        stored = {}
+        for path in self.directory.glob("cursor.*"):
+            stored[path.name.removeprefix("cursor.")] = int(path.read_text().strip() or 0)
+        segments = sorted(self.directory.glob(f"*{_SEGMENT_SUFFIX}"))
+        records: list[bytes] = []
+        base = (segments and int(segments[0].name.removesuffix(_SEGMENT_SUFFIX))) or 0
+        expected = base
+        for path in segments:
+            seg_base = int(path.name.removesuffix(_SEGMENT_SUFFIX))
+            if seg_base != expected:
+                raise RuntimeError(f"log {self.directory}: segment {path.name} leaves a gap")
+            payloads, valid_size = _read_segment(path)
+            if valid_size < path.stat().st_size:
+                # A torn tail from a crash mid-write: it was never acknowledged.
+                os.truncate(path, valid_size)
+            records.extend(payloads)
+            self._segments.append(_Segment(seg_base, path, seg_base + len(payloads), valid_size))
+            expected = seg_base + len(payloads)
+        end = base + len(records)
+        # Offsets never go back, even when every segment was committed and deleted.
+        end_floor = max([end, *stored.values()])
+        for sink_id in sink_ids:
+            # A sink new to this log starts at the oldest record still held.
+            self.cursors[sink_id] = Cursor(sink_id, stored.get(sink_id, base))
+        if not records:
+            base = end_floor
+        self._base = base
+        self._records = records
+        now = time.monotonic()
+        self._times = [now] * len(records)
+        self._bytes = sum(len(r) for r in records)
+        if self._segments:
+            last = self._segments[-1]
+            self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)
+        for cursor in self.cursors.values():
+            cursor.offset = min(max(cursor.offset, self._base), self.end)
+        self._trim()
+
+
+def _read_segment(path: Path) -> tuple[list[bytes], int]:
+    data = path.read_bytes()
+    payloads = []
+    pos = 0
+    while pos + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, pos)
+        payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            break
+        payloads.append(payload)
+        pos += _HEADER.size + length
+    return payloads, pos
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

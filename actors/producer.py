@@ -1,0 +1,249 @@
+"""`Producer`: the actor that owns one record type's log and feeds every sink from it.
+
+Ingress calls `append` once per micro-batch; the reply means the events are in the log.
+For each sink a dispatch loop cuts batches by that sink's `BatchPolicy`, sends them to
+the sink's consumer pool through Ray's object store, and commits the sink's cursor in
+order once the consumer has written them. A restarted producer reopens its log and
+re-dispatches everything a sink has not committed (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import ray
+
+from actors.consumer import ConsumerPool
+from actors.log import LogFull, SegmentLog
+from sinks.base import Batch
+from sluice.config import BatchPolicy, SinkSpec
+
+logger = logging.getLogger("sluice.producer")
+
+#: In-flight batches per sink and producer; commits still happen in log order.
+MAX_IN_FLIGHT = 4
+_RETRY_BASE_S = 0.2
+_RETRY_CAP_S = 10.0
+
+
+@dataclass
+class SinkStats:
+    committed: int = 0
+    batches: int = 0
+    retries: int = 0
+    deadlettered: int = 0
+    last_error: str = ""
+
+
+@dataclass
+class _SinkState:
+    spec: SinkSpec
+    pool: ConsumerPool
+    dispatched: int  # next offset to put in a batch
+    done: dict[int, int] = field(default_factory=dict)  # written batches: start -> end
+    stats: SinkStats = field(default_factory=SinkStats)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Producer:
+    """Owns the log of one record type (or of the dead letters)."""
+
+    def __init__(
+        self,
+        record_type: str,
+        log_dir: str,
+        sinks: list[tuple[SinkSpec, list[str]]],
+        *,
+        namespace: str,
+        capacity_bytes: int,
+        segment_bytes: int,
+        fsync: bool,
+        deadletter: str | None = None,
+    ) -> None:
+        self.record_type = record_type
+        self.log = SegmentLog(
+            Path(log_dir),
+            [spec.sink_id for spec, _ in sinks],
+            capacity_bytes=capacity_bytes,
+            segment_bytes=segment_bytes,
+            fsync=fsync,
+        )
+        self.namespace = namespace
+        self.deadletter_name = deadletter  # the dead-letter producer's actor name, if any
+        self.accepted = 0
+        self.flushing = False
+        self.sinks: dict[str, _SinkState] = {}
+        for spec, consumers in sinks:
+            cursor = self.log.cursors[spec.sink_id].offset
+            self.sinks[spec.sink_id] = _SinkState(spec, ConsumerPool(consumers, namespace), cursor)
+        recovered = self.log.end - self.log.start
+        if recovered:
+            logger.warning("%s: reopened log with %d uncommitted events", record_type, recovered)
+        # Async actors run __init__ inside their event loop.
+        self._loops = [
+            asyncio.get_running_loop().create_task(self._dispatch(s)) for s in self.sinks.values()
+        ]
+
+    # -- called by ingress ---------------------------------------------------------
+
+    async def append(self, payloads: list[bytes]) -> int:
+        """Store a micro-batch; returns its first offset. Raises `LogFull` at capacity."""
+        first = self.log.append(payloads)
+        self.accepted += len(payloads)
+        for state in self.sinks.values():
+            if self.log.end - state.dispatched >= state.spec.policy.max_events:
+                state.wake.set()
+        return first
+
+    # -- called by the supervisor --------------------------------------------------
+
+    async def flush(self, timeout_s: float = 120.0) -> bool:
+        """Send everything to every sink now and wait for the commits. True when drained."""
+        self.flushing = True
+        for state in self.sinks.values():
+            state.wake.set()
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if all(self.log.cursors[s].offset >= self.log.end for s in self.sinks):
+                    return True
+                await asyncio.sleep(0.02)
+            return False
+        finally:
+            self.flushing = False
+
+    async def stats(self) -> dict[str, Any]:
+        """Counters for `/health` and `/metrics`."""
+        return {
+            "record_type": self.record_type,
+            "accepted": self.accepted,
+            "end": self.log.end,
+            "in_log": self.log.end - self.log.start,
+            "held_bytes": self.log.held_bytes,
+            "capacity_bytes": self.log.capacity_bytes,
+            "sinks": {
+                sink_id: {
+                    "uri": s.spec.uri,
+                    "cursor": self.log.cursors[sink_id].offset,
+                    "committed": s.stats.committed,
+                    "batches": s.stats.batches,
+                    "retries": s.stats.retries,
+                    "deadlettered": s.stats.deadlettered,
+                    "last_error": s.stats.last_error,
+                }
+                for sink_id, s in self.sinks.items()
+            },
+        }
+
+    async def ping(self) -> str:
+        return self.log.log_id
+
+    # -- dispatch ------------------------------------------------------------------
+
+    def _due(self, state: _SinkState, policy: BatchPolicy) -> bool:
+        pending = self.log.end - state.dispatched
+        if pending <= 0:
+            return False
+        if self.flushing or pending >= policy.max_events:
+            return True
+        if time.monotonic() - self.log.appended_at(state.dispatched) >= policy.max_age_s:
+            return True
+        return self.log.bytes_between(state.dispatched, self.log.end) >= policy.max_bytes
+
+    async def _dispatch(self, state: _SinkState) -> None:
+        policy = state.spec.policy
+        in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        tick = min(0.05, max(policy.max_age_s / 4, 0.005))
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.wake.wait(), tick)
+            state.wake.clear()
+            while self._due(state, policy):
+                await in_flight.acquire()
+                start = state.dispatched
+                end = self.log.cut(start, policy.max_events, policy.max_bytes)
+                batch = Batch.of(
+                    self.log.log_id, self.record_type, start, self.log.read(start, end)
+                )
+                state.dispatched = end
+                task = asyncio.get_running_loop().create_task(self._deliver(state, batch))
+                task.add_done_callback(lambda _t: in_flight.release())
+
+    async def _deliver(self, state: _SinkState, batch: Batch) -> None:
+        """Write one batch to its sink, retrying until it is in; then commit in order."""
+        ref = ray.put(batch)
+        attempt = 0
+        while True:
+            try:
+                rejected = await state.pool.write(ref)
+                break
+            except Exception as exc:  # any failure is retried: the log still holds the batch
+                attempt += 1
+                state.stats.retries += 1
+                state.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                delay = random.uniform(0, min(_RETRY_CAP_S, _RETRY_BASE_S * 2**attempt))
+                logger.warning(
+                    "%s -> %s: batch %s failed (attempt %d), retrying in %.1fs: %s",
+                    self.record_type,
+                    state.spec.uri,
+                    batch.batch_id,
+                    attempt,
+                    delay,
+                    state.stats.last_error,
+                )
+                await asyncio.sleep(delay)
+        if rejected:
+            await self._deadletter(batch, rejected, state)
+        state.stats.batches += 1
+        state.done[batch.start] = batch.end
+        self._commit(state)
+
+    def _commit(self, state: _SinkState) -> None:
+        cursor = self.log.cursors[state.spec.sink_id].offset
+        start = cursor
+        while cursor in state.done:
+            cursor = state.done.pop(cursor)
+        if cursor > start:
+            state.stats.committed += cursor - start
+            self.log.commit(state.spec.sink_id, cursor)
+
+    async def _deadletter(self, batch: Batch, rejected: list[Any], state: _SinkState) -> None:
+        payloads = batch.payloads()
+        letters = []
+        for item in rejected:
+            event = orjson.loads(payloads[item.index])
+            letters.append(
+                orjson.dumps(
+                    {
+                        "reason": f"{state.spec.uri}: {item.reason}",
+                        "source": event.get("source"),
+                        "receivedAt": event.get("receivedAt"),
+                        "payload": event,
+                    }
+                )
+            )
+        state.stats.deadlettered += len(letters)
+        if self.deadletter_name is None:
+            logger.error(
+                "%d events refused by %s and no dead-letter sink", len(letters), state.spec.uri
+            )
+            return
+        while True:
+            try:
+                producer = ray.get_actor(self.deadletter_name, namespace=self.namespace)
+                await producer.append.remote(letters)
+                return
+            except Exception as exc:  # the dead-letter log is full or restarting: wait
+                logger.warning("dead-letter append failed, retrying: %s", exc)
+                await asyncio.sleep(1.0)
+
+
+__all__ = ["LogFull", "Producer"]

@@ -1,0 +1,60 @@
+"""`MicroBatcher`: gathers the events of concurrent requests, per record type, for a few
+milliseconds, then stores them with one actor call. Every request waits for the call
+that carries its events, so it is answered only once they are in the producer's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+class _Pending:
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class MicroBatcher:
+    """One per ingress replica. `store(record_type, payloads)` performs the actor call."""
+
+    def __init__(
+        self,
+        store: Callable[[str, list[bytes]], Awaitable[Any]],
+        *,
+        window_s: float = 0.002,
+        max_events: int = 5000,
+    ) -> None:
+        self._store = store
+        self.window_s = window_s
+        self.max_events = max_events
+        self._pending: dict[str, _Pending] = {}
+        self.calls = 0
+
+    async def append(self, record_type: str, payloads: list[bytes]) -> None:
+        """Returns once `payloads` are stored; raises what storing raised."""
+        pending = self._pending.get(record_type)
+        if pending is None:
+            pending = self._pending[record_type] = _Pending()
+            asyncio.get_running_loop().call_later(self.window_s, self._flush, record_type, pending)
+        pending.payloads.extend(payloads)
+        if len(pending.payloads) >= self.max_events:
+            self._flush(record_type, pending)
+        await asyncio.shield(pending.done)
+
+    def _flush(self, record_type: str, pending: _Pending) -> None:
+        if self._pending.get(record_type) is not pending:
+            return  # already sent
+        del self._pending[record_type]
+        asyncio.get_running_loop().create_task(self._send(record_type, pending))
+
+    async def _send(self, record_type: str, pending: _Pending) -> None:
+        self.calls += 1
+        try:
+            await self._store(record_type, pending.payloads)
+        except BaseException as exc:
+            pending.done.set_exception(exc)
+            pending.done.exception()  # marks it retrieved when no request awaits any more
+        else:
+            pending.done.set_result(None)

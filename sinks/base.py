@@ -1,0 +1,60 @@
+"""The one interface every sink implements, and the batch it receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyarrow as pa
+
+from sluice.config import SinkSpec
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A contiguous range `[start, end)` of one producer's log, on its way to one sink.
+
+    `events` has one binary column, `event`: the enriched event as JSON, in log order.
+    It travels through Ray's object store; the producer's log keeps the real copy.
+    """
+
+    log_id: str
+    record_type: str
+    start: int
+    end: int
+    events: pa.RecordBatch
+
+    @property
+    def batch_id(self) -> str:
+        """Derived from the log range, so a retried write replaces itself."""
+        return f"{self.log_id}-{self.start:012d}-{self.end - 1:012d}"
+
+    def payloads(self) -> list[bytes]:
+        return self.events.column(0).to_pylist()  # type: ignore[no-any-return]
+
+    @classmethod
+    def of(cls, log_id: str, record_type: str, start: int, payloads: list[bytes]) -> Batch:
+        events = pa.record_batch([pa.array(payloads, pa.binary())], names=["event"])
+        return cls(log_id, record_type, start, start + len(payloads), events)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An event of a batch that this sink can never accept (it goes to the dead letters)."""
+
+    index: int  # position in the batch
+    reason: str
+
+
+class Sink(Protocol):
+    """A destination. `write` is idempotent per `batch.batch_id`.
+
+    `write` raises on a failure worth retrying (the whole batch is sent again later) and
+    returns the events it can never accept, which are dead-lettered with the reason.
+    """
+
+    def __init__(self, spec: SinkSpec) -> None: ...
+
+    def write(self, batch: Batch) -> list[Rejected]: ...
+
+    def close(self) -> None: ...

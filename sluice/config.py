@@ -1,0 +1,226 @@
+"""Configuration: sinks and their batch policies, write keys, where logs live.
+
+Built from a YAML file (`--config`), command-line flags and environment variables, in
+that order of precedence from lowest to highest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+SINK_SCHEMES = ("file", "s3", "kinesis")
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote that Sluice cannot run with; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """When a producer cuts a batch for a sink: whichever limit is reached first."""
+
+    max_events: int = 10_000
+    max_bytes: int = 64 * 1024 * 1024
+    max_age_s: float = 5.0
+
+    @classmethod
+    def default_for(cls, scheme: str) -> BatchPolicy:
+        """Kinesis wants low latency; object stores want large files."""
+        if scheme == "kinesis":
+            return cls(max_events=500, max_bytes=4 * 1024 * 1024, max_age_s=0.2)
+        return cls(max_events=100_000, max_bytes=64 * 1024 * 1024, max_age_s=10.0)
+
+    def updated(self, values: dict[str, Any]) -> BatchPolicy:
+        """A copy with `max_events`, `max_bytes`, `max_age_s` taken from `values` where given."""
+        known = {"max_events": int, "max_bytes": int, "max_age_s": float}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ConfigError(
+                f"unknown batch policy setting(s) {sorted(unknown)}; use {sorted(known)}"
+            )
+        try:
+            changes = {k: known[k](v) for k, v in values.items()}
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"batch policy values must be numbers: {exc}") from exc
+        policy = replace(self, **changes)
+        if policy.max_events < 1 or policy.max_bytes < 1 or policy.max_age_s < 0:
+            raise ConfigError(f"batch policy limits must be positive, got {policy}")
+        return policy
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """One destination: `file:///abs/dir`, `s3://bucket/prefix` or `kinesis://stream`."""
+
+    uri: str
+    policy: BatchPolicy
+    consumers: int = 1
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.uri).scheme
+
+    @property
+    def sink_id(self) -> str:
+        """Stable name of this sink's cursor in every producer's log."""
+        digest = hashlib.sha1(self.uri.encode()).hexdigest()[:10]
+        return f"{self.scheme}-{digest}"
+
+    @property
+    def location(self) -> tuple[str, str]:
+        """`(netloc, path)` of the URI without its query string."""
+        parts = urlsplit(self.uri)
+        return parts.netloc, parts.path
+
+    @classmethod
+    def parse(cls, text: str, base_dir: Path, options: dict[str, Any] | None = None) -> SinkSpec:
+        """Parse a sink URI; query parameters (`?max_events=500`) set its batch policy."""
+        parts = urlsplit(text)
+        if parts.scheme not in SINK_SCHEMES:
+            raise ConfigError(
+                f"sink {text!r}: scheme must be one of {', '.join(SINK_SCHEMES)} "
+                "(for example file://./data, s3://bucket/prefix, kinesis://stream)"
+            )
+        values: dict[str, Any] = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        values.update(options or {})
+        consumers = int(values.pop("consumers", 1))
+        policy = BatchPolicy.default_for(parts.scheme).updated(values)
+        if parts.scheme == "file":
+            # file://./rel and file://rel are relative to where `sluice serve` started.
+            raw = parts.netloc + parts.path
+            path = Path(raw) if raw.startswith("/") else (base_dir / raw)
+            uri = "file://" + str(path.resolve())
+        else:
+            if not parts.netloc:
+                raise ConfigError(f"sink {text!r}: name the bucket or stream after '//'")
+            uri = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        return cls(uri=uri, policy=policy, consumers=max(1, consumers))
+
+
+@dataclass(frozen=True)
+class WriteKey:
+    """A write key and the source whose events it sends."""
+
+    key: str
+    source: str = "default"
+
+    @classmethod
+    def parse(cls, text: str) -> WriteKey:
+        """`KEY` or `KEY:SOURCE`."""
+        key, _, source = text.partition(":")
+        if not key:
+            raise ConfigError(f"write key {text!r} is empty; use KEY or KEY:SOURCE")
+        return cls(key=key, source=source or "default")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything `sluice serve` needs; passed whole to the supervisor and ingress."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    sinks: tuple[SinkSpec, ...] = ()
+    write_keys: tuple[WriteKey, ...] = ()
+    log_dir: str = ""
+    log_capacity_bytes: int = 512 * 1024 * 1024
+    segment_bytes: int = 16 * 1024 * 1024
+    fsync: bool | None = None  # None: fsync when the log is not in shared memory
+    ingress_replicas: int = 1
+    batch_window_s: float = 0.002
+    generated_key: bool = field(default=False, compare=False)
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.log_dir or f"/dev/shm/sluice/{self.port}")
+
+    @property
+    def deadletter_sink(self) -> SinkSpec | None:
+        """The first file or S3 sink: dead letters go under its `_deadletter/`."""
+        for spec in self.sinks:
+            if spec.scheme in ("file", "s3"):
+                return spec
+        return None
+
+    def should_fsync(self) -> bool:
+        if self.fsync is not None:
+            return self.fsync
+        return not str(self.log_path.resolve()).startswith("/dev/shm")
+
+
+def load(
+    config_file: str | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    sinks: list[str] | None = None,
+    write_keys: list[str] | None = None,
+    log_dir: str | None = None,
+    base_dir: Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Merge the YAML file, flags and `SLUICE_WRITE_KEYS` into a `Config`."""
+    env = os.environ if environ is None else environ
+    base = (base_dir or Path.cwd()).resolve()
+    data: dict[str, Any] = {}
+    if config_file:
+        try:
+            data = yaml.safe_load(Path(config_file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {config_file} must hold a mapping at the top level")
+
+    sink_specs: list[SinkSpec] = []
+    if sinks:
+        sink_specs = [SinkSpec.parse(s, base) for s in sinks]
+    else:
+        for item in data.get("sinks") or []:
+            if isinstance(item, str):
+                sink_specs.append(SinkSpec.parse(item, base))
+            elif isinstance(item, dict) and "uri" in item:
+                options = {k: v for k, v in item.items() if k != "uri"}
+                options.update(options.pop("batch", None) or {})
+                sink_specs.append(SinkSpec.parse(item["uri"], base, options))
+            else:
+                raise ConfigError(
+                    f"sinks: each entry is a URI or a mapping with 'uri', got {item!r}"
+                )
+    if not sink_specs:
+        sink_specs = [SinkSpec.parse("file://./data", base)]
+    if len({s.uri for s in sink_specs}) != len(sink_specs):
+        raise ConfigError("the same sink URI is given twice")
+
+    keys = [WriteKey.parse(k) for k in write_keys or []]
+    keys += [WriteKey.parse(k) for k in env.get("SLUICE_WRITE_KEYS", "").split(",") if k.strip()]
+    for item in data.get("write_keys") or []:
+        keys.append(WriteKey.parse(item) if isinstance(item, str) else WriteKey(**item))
+    generated = not keys
+    if generated:
+        keys = [WriteKey(key=secrets.token_urlsafe(18))]
+
+    known = {f for f in Config.__dataclass_fields__ if f not in ("sinks", "write_keys")}
+    unknown = set(data) - known - {"sinks", "write_keys"}
+    if unknown:
+        raise ConfigError(f"unknown config setting(s) {sorted(unknown)}; known: {sorted(known)}")
+    settings = {k: v for k, v in data.items() if k in known and k != "generated_key"}
+    config = Config(**settings)
+    chosen_log_dir = log_dir or config.log_dir
+    if chosen_log_dir:
+        chosen_log_dir = str((base / chosen_log_dir).resolve())
+    return replace(
+        config,
+        host=host or config.host,
+        port=int(port if port is not None else config.port),
+        sinks=tuple(sink_specs),
+        write_keys=tuple(keys),
+        log_dir=chosen_log_dir,
+        generated_key=generated,
+    )

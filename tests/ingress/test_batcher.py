@@ -1,0 +1,56 @@
+"""`MicroBatcher`: many concurrent requests, one store call per record type and window."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ingress.batcher import MicroBatcher
+
+
+def test_concurrent_requests_share_one_call_per_type() -> None:
+    calls: list[tuple[str, list[bytes]]] = []
+
+    async def store(record_type: str, payloads: list[bytes]) -> None:
+        calls.append((record_type, list(payloads)))
+
+    async def main() -> None:
+        batcher = MicroBatcher(store, window_s=0.01)
+        await asyncio.gather(
+            *(batcher.append("track", [f"t{i}".encode()]) for i in range(50)),
+            *(batcher.append("page", [f"p{i}".encode()]) for i in range(20)),
+        )
+
+    asyncio.run(main())
+    assert sorted((t, len(p)) for t, p in calls) == [("page", 20), ("track", 50)]
+
+
+def test_a_failed_store_fails_every_request_in_it() -> None:
+    async def store(record_type: str, payloads: list[bytes]) -> None:
+        raise RuntimeError("producer down")
+
+    async def main() -> list[object]:
+        batcher = MicroBatcher(store, window_s=0.001)
+        return await asyncio.gather(
+            *(batcher.append("track", [b"x"]) for _ in range(3)), return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_full_batch_is_sent_before_the_window_ends() -> None:
+    sizes: list[int] = []
+
+    async def store(record_type: str, payloads: list[bytes]) -> None:
+        sizes.append(len(payloads))
+
+    async def main() -> None:
+        batcher = MicroBatcher(store, window_s=10, max_events=5)
+        await asyncio.wait_for(batcher.append("track", [b"x"] * 5), 2)
+
+    asyncio.run(main())
+    assert sizes == [5]
+    with pytest.raises(TimeoutError):
+        asyncio.run(asyncio.wait_for(MicroBatcher(store, window_s=10).append("t", [b"x"]), 0.05))

@@ -1,0 +1,148 @@
+"""Validation, enrichment and limits of Segment payloads (pure functions, no Ray)."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from ingress import events
+from ingress.events import IngressError
+
+
+def accept_one(
+    event: dict[str, object], record_type: str | None = "track", **kw: object
+) -> events.Parsed:
+    return events.accept([event], record_type=record_type, source="web", ip="10.0.0.1", **kw)  # type: ignore[arg-type]
+
+
+def stored(parsed: events.Parsed, record_type: str) -> list[dict[str, object]]:
+    return [orjson.loads(p) for p in parsed.by_type[record_type]]
+
+
+@pytest.mark.parametrize(
+    ("record_type", "event", "code"),
+    [
+        ("track", {"event": "x"}, "missing_field"),
+        ("track", {"userId": "u"}, "missing_field"),
+        ("track", {"userId": "u", "event": ""}, "missing_field"),
+        ("group", {"userId": "u"}, "missing_field"),
+        ("alias", {"userId": "u"}, "missing_field"),
+        ("alias", {"anonymousId": "a", "previousId": "p"}, "missing_field"),
+        ("identify", {"userId": True}, "invalid_field"),
+        ("identify", {"userId": "u", "traits": [1]}, "invalid_field"),
+        ("page", {"userId": "u", "timestamp": "yesterday"}, "invalid_timestamp"),
+    ],
+)
+def test_required_fields_per_type(record_type: str, event: dict[str, object], code: str) -> None:
+    parsed = accept_one(event, record_type)
+    assert parsed.accepted == 0
+    assert [r.code for r in parsed.rejected] == [code]
+
+
+@pytest.mark.parametrize(
+    ("record_type", "event"),
+    [
+        ("track", {"userId": "u", "event": "Clicked"}),
+        ("identify", {"anonymousId": "a", "traits": {"email": "a@b.c"}}),
+        ("page", {"userId": 42, "name": "Home"}),
+        ("screen", {"userId": "u", "name": "Main"}),
+        ("group", {"userId": "u", "groupId": "g"}),
+        ("alias", {"userId": "u", "previousId": "old"}),
+    ],
+)
+def test_valid_events_of_every_type_are_accepted(
+    record_type: str, event: dict[str, object]
+) -> None:
+    parsed = accept_one(event, record_type)
+    assert parsed.rejected == []
+    (out,) = stored(parsed, record_type)
+    assert out["type"] == record_type
+    assert out["source"] == "web"
+    assert out["context"] == {"ip": "10.0.0.1"}
+
+
+def test_server_fields_and_clock_correction() -> None:
+    # The client's clock is 1 hour fast: sentAt and timestamp are both an hour ahead.
+    parsed = accept_one(
+        {
+            "userId": "u",
+            "event": "e",
+            "timestamp": "2030-01-01T11:00:00Z",
+            "sentAt": "2030-01-01T11:00:05Z",
+            "writeKey": "secret",
+            "context": {"ip": "1.2.3.4"},
+        }
+    )
+    (out,) = stored(parsed, "track")
+    received = datetime.fromisoformat(str(out["receivedAt"]))
+    timestamp = datetime.fromisoformat(str(out["timestamp"]))
+    assert (received - timestamp).total_seconds() == pytest.approx(5, abs=0.002)
+    assert out["originalTimestamp"] == "2030-01-01T11:00:00.000Z"
+    assert len(str(out["messageId"])) == 36  # generated when missing
+    assert "writeKey" not in out  # never stored
+    assert out["context"] == {"ip": "1.2.3.4"}  # a client-sent ip is kept
+
+
+def test_timestamp_defaults_to_received_at_and_naive_times_are_utc() -> None:
+    (out,) = stored(accept_one({"userId": "u", "event": "e", "messageId": "m1"}), "track")
+    assert out["timestamp"] == out["receivedAt"]
+    assert out["messageId"] == "m1"
+    (out,) = stored(
+        accept_one({"userId": "u", "event": "e", "timestamp": "2024-05-01T10:00:00"}), "track"
+    )
+    assert out["timestamp"] == "2024-05-01T10:00:00.000Z"
+
+
+def test_batch_takes_each_type_and_batch_level_context() -> None:
+    items = [
+        {"type": "track", "userId": "u", "event": "e"},
+        {"type": "identify", "userId": "u"},
+        {"type": "bogus", "userId": "u"},
+        "not an object",
+    ]
+    parsed = events.accept(
+        items,
+        record_type=None,
+        source="web",
+        ip=None,
+        defaults={"context": {"library": {"name": "x"}}, "sentAt": datetime.now(UTC).isoformat()},
+    )
+    assert sorted(parsed.by_type) == ["identify", "track"]
+    assert [(r.index, r.code) for r in parsed.rejected] == [
+        (2, "invalid_type"),
+        (3, "invalid_type"),
+    ]
+    (out,) = stored(parsed, "track")
+    assert out["context"] == {"library": {"name": "x"}}
+    letters = [orjson.loads(x) for x in events.deadletters(parsed, "web")]
+    assert letters[0]["payload"] == items[2] and "invalid_type" in letters[0]["reason"]
+
+
+def test_oversize_event_is_rejected() -> None:
+    parsed = accept_one({"userId": "u", "event": "e", "properties": {"blob": "x" * 40_000}})
+    assert [r.code for r in parsed.rejected] == ["event_too_large"]
+
+
+def test_gzip_within_limit_and_bomb_refused() -> None:
+    body = orjson.dumps({"userId": "u"})
+    assert events.decompress(gzip.compress(body), "gzip", 1000) == body
+    bomb = gzip.compress(b" " * 10_000_000)
+    with pytest.raises(IngressError) as info:
+        events.decompress(bomb, "gzip", events.MAX_BATCH_BYTES)
+    assert info.value.status == 413
+    with pytest.raises(IngressError) as info:
+        events.decompress(b"not gzip", "gzip", 1000)
+    assert info.value.status == 400
+    with pytest.raises(IngressError) as info:
+        events.decompress(body, "br", 1000)
+    assert info.value.status == 415
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b"[1,2]", b'"x"', b"\xff\xfe"])
+def test_bad_json_bodies(body: bytes) -> None:
+    with pytest.raises(IngressError) as info:
+        events.parse_json(body)
+    assert info.value.status == 400 and info.value.code == "invalid_json"

@@ -1,0 +1,180 @@
+"""ParquetSink on moto's S3 and on local disk, read back as one Hive-partitioned table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import boto3
+import duckdb
+import orjson
+import pyarrow.dataset as ds
+import pytest
+from botocore.exceptions import ClientError
+from moto.server import ThreadedMotoServer
+
+from sinks.base import Batch
+from sinks.s3 import ParquetSink, open_filesystem
+from sluice.config import SinkSpec
+from tests.service import free_port
+
+HOURS = ("2024-05-01T23:59:59.999Z", "2024-05-02T00:00:00.000Z")  # an hour and a day apart
+SOURCES = ("web", "ios")
+
+
+def make_events(count: int) -> list[bytes]:
+    """Track events spread over two hours and two sources."""
+    return [
+        orjson.dumps(
+            {
+                "type": "track",
+                "event": "Signed Up",
+                "messageId": f"m-{i}",
+                "userId": f"user-{i % 7}",
+                "receivedAt": HOURS[i % 2],
+                "timestamp": "2024-05-01T23:00:00.000Z",
+                "source": SOURCES[(i // 2) % 2],
+                "properties": {"plan": "pro", "i": i},
+            }
+        )
+        for i in range(count)
+    ]
+
+
+def expected_partitions(payloads: list[bytes]) -> Counter[tuple[str, str, str, int]]:
+    """(source, type, dt, hr) -> events, computed from the events themselves."""
+    events = [orjson.loads(p) for p in payloads]
+    return Counter(
+        (e["source"], e["type"], e["receivedAt"][:10], int(e["receivedAt"][11:13])) for e in events
+    )
+
+
+def partitions_of(table_rows: list[dict[str, object]]) -> Counter[tuple[str, str, str, int]]:
+    return Counter(
+        (str(r["source"]), str(r["type"]), str(r["dt"]), int(str(r["hr"]))) for r in table_rows
+    )
+
+
+def create_bucket() -> str:
+    name = f"lake-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+def test_s3_batch_reads_back_as_one_partitioned_table(moto_server: str) -> None:
+    bucket = create_bucket()
+    sink = ParquetSink(SinkSpec.parse(f"s3://{bucket}/events", Path.cwd()))
+    payloads = make_events(1000)
+    batch = Batch.of("track-0", "track", 0, payloads)
+    assert sink.write(batch) == []
+
+    fs, root = open_filesystem(f"s3://{bucket}/events")
+    table = ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == len(payloads)
+    assert sorted(table.column("message_id").to_pylist()) == sorted(f"m-{i}" for i in range(1000))
+    assert partitions_of(table.to_pylist()) == expected_partitions(payloads)
+
+    # A retried batch overwrites its own files instead of adding to them.
+    assert sink.write(batch) == []
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert len(keys) == len(expected_partitions(payloads)) == 4
+    assert all(k.endswith(f"/{batch.batch_id}.parquet") for k in keys)
+    assert "events/source=web/type=track/dt=2024-05-02/hr=00/" in "\n".join(keys)
+    again = ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive")
+    assert again.count_rows() == len(payloads)
+
+
+def test_file_tree_reads_with_pyarrow_and_duckdb(tmp_path: Path) -> None:
+    sink = ParquetSink(SinkSpec.parse("file://./lake", tmp_path))
+    payloads = make_events(300)
+    assert sink.write(Batch.of("track-0", "track", 0, payloads[:200])) == []
+    assert sink.write(Batch.of("track-0", "track", 200, payloads[200:])) == []
+    assert sink.write(Batch.of("track-0", "track", 200, payloads[200:])) == []  # retried
+    assert not list((tmp_path / "lake").rglob(".*.tmp"))
+
+    table = ds.dataset(tmp_path / "lake", format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 300
+    assert partitions_of(table.to_pylist()) == expected_partitions(payloads)
+
+    rows = duckdb.sql(
+        f"""
+        SELECT source, type, dt, hr, count(*) AS n, count(DISTINCT message_id) AS ids,
+               epoch_ms(min(received_at)) AS first_ms
+        FROM read_parquet('{tmp_path}/lake/**/*.parquet', hive_partitioning = true)
+        GROUP BY ALL ORDER BY ALL
+        """
+    ).fetchall()
+    # DuckDB types hr as text when values have leading zeros ("00"), so compare as numbers.
+    counts = Counter({(s, t, str(d), int(h)): n for s, t, d, h, n, _, _ in rows})
+    assert counts == expected_partitions(payloads)
+    assert sum(ids for *_, ids, _ in rows) == 300
+    hours_ms = {int(datetime.fromisoformat(h).timestamp() * 1000) for h in HOURS}
+    assert {first_ms for *_, first_ms in rows} == hours_ms  # UTC kept, milliseconds too
+
+
+def ensure_bucket(name: str) -> None:
+    """Create the bucket on a restarted server (moto keeps in-process state, so it may exist)."""
+    try:
+        boto3.client("s3").create_bucket(Bucket=name)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+
+
+@pytest.mark.chaos
+def test_s3_down_raises_then_the_retry_lands(
+    moto_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()  # a server of this test's own, so stopping it harms no other test
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    server: ThreadedMotoServer | None = ThreadedMotoServer("127.0.0.1", port, verbose=False)
+    server.start()
+    try:
+        bucket = create_bucket()
+        sink = ParquetSink(SinkSpec.parse(f"s3://{bucket}/events", Path.cwd()))
+        batch = Batch.of("track-0", "track", 0, make_events(50))
+
+        server.stop()
+        server = None
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            sink.write(batch)
+        assert time.monotonic() - started < 20  # bounded retries, no hang
+
+        server = ThreadedMotoServer("127.0.0.1", port, verbose=False)
+        server.start()
+        ensure_bucket(bucket)
+        assert sink.write(batch) == []
+        fs, root = open_filesystem(f"s3://{bucket}/events")
+        assert ds.dataset(root, filesystem=fs, format="parquet").count_rows() == 50
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def test_sink_writes_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    """A Ray worker imports only the sink, not the readers that pull in pyarrow.compute."""
+    code = (
+        "import sys; from pathlib import Path;"
+        "from sinks.base import Batch; from sinks.s3 import ParquetSink;"
+        "from sluice.config import SinkSpec;"
+        "events = [l.encode() for l in sys.stdin.read().splitlines()];"
+        "sink = ParquetSink(SinkSpec.parse('file://./lake', Path.cwd()));"
+        "sink.write(Batch.of('track-0', 'track', 0, events))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    stdin = b"\n".join(make_events(10)).decode()
+    subprocess.run(
+        [sys.executable, "-c", code], input=stdin, text=True, cwd=tmp_path, env=env, check=True
+    )
+    assert ds.dataset(tmp_path / "lake", format="parquet", partitioning="hive").count_rows() == 10
