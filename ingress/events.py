@@ -1,6 +1,7 @@
 """Parse, validate and enrich Segment payloads. Pure functions: no Ray, no I/O.
 
-Limits are Segment's: 32 KB per event, 500 KB per batch request, 2,500 events per batch.
+Limits are Segment's: 32 KB per event, 500 KB per batch request, 2,500 events per batch;
+plus a cap on JSON nesting and on header size, so hostile input costs little.
 """
 
 from __future__ import annotations
@@ -10,20 +11,30 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sluice.model import RecordType
 
+if TYPE_CHECKING:
+    from ingress.plans import TrackingPlan
+
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_EVENTS = 2500
-#: Serialized size an accepted event may reach once enriched (server fields added).
-MAX_ENRICHED_BYTES = MAX_EVENT_BYTES + 1024
+#: Serialized size an accepted event may reach once enriched (server fields and a
+#: tracking-plan annotation added).
+MAX_ENRICHED_BYTES = MAX_EVENT_BYTES + 4096
+#: Deepest JSON nesting accepted in a body (orjson alone allows 1024 and writes 255).
+MAX_DEPTH = 64
+#: Total size of a request's header names and values (HAProxy's and h11's default, 16 KiB).
+MAX_HEADER_BYTES = 16 * 1024
 
 _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
-_ID_TYPES = (str, int)
+#: Ids are strings; integers are taken too (as text) up to JavaScript's safe 2**53 - 1,
+#: past which JSON parsers lose digits silently.
+MAX_ID_INT = 2**53 - 1
 # Top-level batch fields Segment's SDKs send and that apply to every event.
 _BATCH_DEFAULTS = ("context", "integrations")
 
@@ -49,6 +60,7 @@ class Rejection:
     code: str
     message: str
     payload: Any
+    violations: list[dict[str, str]] = field(default_factory=list)  # of the tracking plan
 
 
 @dataclass
@@ -96,38 +108,85 @@ def parse_json(body: bytes) -> dict[str, Any]:
         raise IngressError(
             400, "invalid_json", f"request body must be a JSON object, not {type(data).__name__}"
         )
+    # Counting brackets is C-fast and bounds the depth; walk the tree only past the cap.
+    if body.count(b"{") + body.count(b"[") > MAX_DEPTH and _nested_deeper(data, MAX_DEPTH):
+        raise IngressError(
+            400, "too_deep", f"JSON nesting is deeper than {MAX_DEPTH} levels; flatten the event"
+        )
     return data
+
+
+_CONTAINERS = (dict, list)
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    level = [value]
+    for _ in range(limit):  # one level at a time, in comprehensions: ~1x orjson.loads
+        level = [
+            child
+            for node in level
+            for child in (node.values() if type(node) is dict else node)
+            if isinstance(child, _CONTAINERS)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def utc_text(moment: datetime) -> str:
     """ISO-8601 in UTC with milliseconds and a `Z`, as every server-set time is written."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    # isoformat, not strftime: strftime writes year 1 as "1", which no reader parses.
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _parse_time(value: Any, name: str) -> datetime | None:
-    if value is None:
+    if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise _Invalid("invalid_timestamp", f"{name} must be an ISO-8601 string")
     try:
-        moment = datetime.fromisoformat(value)
+        moment = datetime.fromisoformat(value.upper())  # RFC 3339 allows a lowercase t and z
     except ValueError as exc:
-        raise _Invalid("invalid_timestamp", f"{name} {value!r} is not ISO-8601") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        raise _Invalid("invalid_timestamp", f"{name} {_clip(value)} is not ISO-8601") from exc
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # hours from year 1 or past 9999, which Python cannot hold in UTC
+        return (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 class _Invalid(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(
+        self, code: str, message: str, violations: list[dict[str, str]] | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.violations = violations or []
+
+
+def _clip(value: Any, chars: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= chars else text[: chars - 1] + "…"
+
+
+def _id_text(value: Any) -> str | None:
+    """An id as text (a string, or an integer: JSON's 5 and 5.0 alike), else None."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if type(value) is int and -MAX_ID_INT <= value <= MAX_ID_INT:
+        return str(value)
+    return None
 
 
 def _require_id(event: dict[str, Any], key: str) -> None:
-    value = event.get(key)
-    if isinstance(value, bool) or not isinstance(value, _ID_TYPES) or value == "":
+    text = _id_text(event.get(key))
+    if not text:
         raise _Invalid("missing_field", f"{key} is required (a non-empty string)")
-    event[key] = str(value)
+    event[key] = text
 
 
 def validate(raw: Any, record_type: str) -> dict[str, Any]:
@@ -141,9 +200,10 @@ def validate(raw: Any, record_type: str) -> dict[str, Any]:
         if value is None or value == "":
             event.pop(key, None)
             continue
-        if isinstance(value, bool) or not isinstance(value, _ID_TYPES):
+        text = _id_text(value)
+        if text is None:
             raise _Invalid("invalid_field", f"{key} must be a string")
-        event[key] = str(value)
+        event[key] = text
         has_id = True
     if not has_id:
         raise _Invalid("missing_field", "userId or anonymousId is required")
@@ -165,10 +225,11 @@ def validate(raw: Any, record_type: str) -> dict[str, Any]:
         if value is not None and not isinstance(value, str):
             raise _Invalid("invalid_field", f"{key} must be a string")
     message_id = event.get("messageId")
-    if message_id is not None and (
-        isinstance(message_id, bool) or not isinstance(message_id, _ID_TYPES)
-    ):
-        raise _Invalid("invalid_field", "messageId must be a string")
+    if message_id is not None:
+        text = _id_text(message_id)
+        if text is None:
+            raise _Invalid("invalid_field", "messageId must be a string")
+        event["messageId"] = text
     return event
 
 
@@ -180,10 +241,12 @@ def enrich(
     received: datetime,
     ip: str | None,
     sent_at: Any = None,
+    violations: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Add the server-set fields, as Segment does.
 
     `timestamp = receivedAt - (sentAt - originalTimestamp)` corrects the client's clock.
+    `context.sluice` is Sluice's own: it holds the tracking-plan `violations`, if any.
     """
     event["type"] = record_type
     event.pop("writeKey", None)
@@ -191,23 +254,26 @@ def enrich(
     event["messageId"] = str(message_id) if message_id not in (None, "") else str(uuid.uuid4())
     original = _parse_time(event.get("timestamp"), "timestamp")
     sent = _parse_time(event.get("sentAt", sent_at), "sentAt")
-    if original is None:
-        timestamp = received
-    elif sent is not None:
-        timestamp = received - (sent - original)
-    else:
-        timestamp = original
+    timestamp = received if original is None else original
+    if original is not None and sent is not None:
+        try:
+            timestamp = received - (sent - original)
+        except OverflowError:  # a client clock millennia off: the server's time is the best guess
+            timestamp = received
     if original is not None:
         event["originalTimestamp"] = utc_text(original)
     if sent is not None:
         event["sentAt"] = utc_text(sent)
     event["timestamp"] = utc_text(timestamp)
     event["receivedAt"] = utc_text(received)
-    context = event.get("context")
-    if context is None:
-        context = event["context"] = {}
+    # A copy: the payload as the client sent it stays intact for dead letters.
+    context = dict(event.get("context") or {})
+    context.pop("sluice", None)  # only Sluice writes there
+    if violations:
+        context["sluice"] = {"violations": violations}
     if ip and "ip" not in context:
         context["ip"] = ip
+    event["context"] = context
     event["source"] = source
     return event
 
@@ -220,8 +286,14 @@ def accept(
     ip: str | None,
     defaults: Mapping[str, Any] | None = None,
     allowed_types: frozenset[str] | None = None,
+    plan: TrackingPlan | None = None,
+    reject_violations: bool = False,
 ) -> Parsed:
-    """Validate and enrich `items`; `record_type=None` takes each item's own `type` (batch)."""
+    """Validate and enrich `items`; `record_type=None` takes each item's own `type` (batch).
+
+    With a `plan`, events that break it are rejected (`reject_violations`) or accepted
+    with the violations in `context.sluice.violations`.
+    """
     received = datetime.now(UTC)
     parsed = Parsed(received_at=utc_text(received))
     defaults = defaults or {}
@@ -230,25 +302,43 @@ def accept(
             kind = record_type or (item.get("type") if isinstance(item, dict) else None)
             if kind not in _RECORD_TYPES:
                 raise _Invalid(
-                    "invalid_type", f"type must be one of {', '.join(_RECORD_TYPES)}, got {kind!r}"
+                    "invalid_type",
+                    f"type must be one of {', '.join(_RECORD_TYPES)}, got {_clip(kind)}",
                 )
             if allowed_types is not None and kind not in allowed_types:
                 raise _Invalid("type_not_allowed", f"this source does not accept {kind} events")
             event = validate(item, kind)
+            violations = plan.violations(kind, event) if plan is not None else []
+            if violations and reject_violations:
+                raise _Invalid(
+                    "tracking_plan_violation",
+                    f"{kind} event breaks the tracking plan: "
+                    + "; ".join(f"{v['path']}: {v['message']}" for v in violations),
+                    violations,
+                )
             for key in _BATCH_DEFAULTS:
                 if key in defaults and key not in event and isinstance(defaults[key], dict):
                     event[key] = dict(defaults[key])
             enrich(
-                event, kind, source=source, received=received, ip=ip, sent_at=defaults.get("sentAt")
+                event,
+                kind,
+                source=source,
+                received=received,
+                ip=ip,
+                sent_at=defaults.get("sentAt"),
+                violations=violations,
             )
-            payload = orjson.dumps(event)
+            try:
+                payload = orjson.dumps(event)
+            except orjson.JSONEncodeError as exc:  # not expected after parse_json; never a 500
+                raise _Invalid("invalid_event", f"event cannot be stored as JSON: {exc}") from exc
             if len(payload) > MAX_ENRICHED_BYTES:
                 raise _Invalid(
                     "event_too_large",
                     f"event is {len(payload)} bytes; the limit is {MAX_EVENT_BYTES}",
                 )
         except _Invalid as exc:
-            parsed.rejected.append(Rejection(index, exc.code, exc.message, item))
+            parsed.rejected.append(Rejection(index, exc.code, exc.message, item, exc.violations))
             continue
         parsed.by_type.setdefault(kind, []).append(payload)
     return parsed

@@ -1,4 +1,5 @@
-"""Configuration: sinks and their batch policies, write keys, where logs live.
+"""Configuration: sinks and their batch policies, sources and their write keys, where
+logs live.
 
 Built from a YAML file (`--config`), command-line flags and environment variables, in
 that order of precedence from lowest to highest.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +19,10 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 SINK_SCHEMES = ("file", "s3", "kinesis")
+#: What a source does with events that break its tracking plan.
+PLAN_MODES = ("off", "warn", "reject")
+# Source names become partition directories (`source=NAME`): keep them path-safe.
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 class ConfigError(ValueError):
@@ -118,7 +124,99 @@ class WriteKey:
         key, _, source = text.partition(":")
         if not key:
             raise ConfigError(f"write key {text!r} is empty; use KEY or KEY:SOURCE")
-        return cls(key=key, source=source or "default")
+        return cls(key=key, source=_source_name(source or "default"))
+
+
+def _source_name(name: Any) -> str:
+    if not isinstance(name, str) or not _SOURCE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"source name {name!r} must be 1-100 letters, digits, '_', '.' or '-' "
+            "(it names a directory: source=NAME)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: `events_per_s` on average, up to `burst` events at once."""
+
+    events_per_s: float
+    burst: float
+
+    @classmethod
+    def parse(cls, value: Any, source: str) -> RateLimit:
+        """`{events_per_s: N, burst: M}` (burst defaults to one second's worth) or just `N`."""
+        values = value if isinstance(value, dict) else {"events_per_s": value}
+        unknown = set(values) - {"events_per_s", "burst"}
+        if unknown:
+            raise ConfigError(
+                f"source {source}: unknown rate_limit setting(s) {sorted(unknown)}; "
+                "use events_per_s and burst"
+            )
+        try:
+            rate = float(values["events_per_s"])
+            burst = float(values.get("burst", max(rate, 1.0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"source {source}: rate_limit needs numbers, e.g. "
+                f"{{events_per_s: 100, burst: 500}} ({exc})"
+            ) from exc
+        if not rate > 0 or not burst >= 1:
+            raise ConfigError(
+                f"source {source}: rate_limit needs events_per_s > 0 and burst >= 1, "
+                f"got {rate} and {burst}"
+            )
+        return cls(events_per_s=rate, burst=burst)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where events come from (a site, an app): its rules. Its keys are in `Config.write_keys`."""
+
+    name: str
+    record_types: tuple[str, ...] = ()  # the types it may send; empty: every type
+    rate_limit: RateLimit | None = None  # None: unlimited
+    tracking_plan: str = "off"  # off | warn | reject
+
+    @classmethod
+    def parse(cls, item: Any) -> tuple[Source, list[WriteKey]]:
+        """One entry of the YAML `sources:` list, and the write keys it names."""
+        from sluice.model import RecordType  # pyarrow-heavy: only when sources are configured
+
+        if not isinstance(item, dict) or "name" not in item:
+            raise ConfigError(f"sources: each entry is a mapping with a 'name', got {item!r}")
+        name = _source_name(item["name"])
+        known = {"name", "write_keys", "record_types", "rate_limit", "tracking_plan"}
+        unknown = set(item) - known
+        if unknown:
+            raise ConfigError(
+                f"source {name}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        raw_keys = item.get("write_keys") or []
+        raw_keys = [raw_keys] if isinstance(raw_keys, str) else raw_keys
+        if not isinstance(raw_keys, list) or not all(isinstance(k, str) and k for k in raw_keys):
+            raise ConfigError(f"source {name}: write_keys must be a list of non-empty strings")
+        types = item.get("record_types") or []
+        all_types = [t.value for t in RecordType]
+        if not isinstance(types, list) or not set(types) <= set(all_types):
+            raise ConfigError(
+                f"source {name}: record_types must be a list of {', '.join(all_types)}, "
+                f"got {types!r}"
+            )
+        mode = item.get("tracking_plan", "off")
+        mode = "off" if mode is False else mode  # YAML reads a bare `off` as false
+        if mode not in PLAN_MODES:
+            raise ConfigError(
+                f"source {name}: tracking_plan must be one of {', '.join(PLAN_MODES)}, got {mode!r}"
+            )
+        limit = item.get("rate_limit")
+        source = cls(
+            name=name,
+            record_types=tuple(types),
+            rate_limit=None if limit is None else RateLimit.parse(limit, name),
+            tracking_plan=mode,
+        )
+        return source, [WriteKey(key=k, source=name) for k in raw_keys]
 
 
 @dataclass(frozen=True)
@@ -129,6 +227,11 @@ class Config:
     port: int = 8000
     sinks: tuple[SinkSpec, ...] = ()
     write_keys: tuple[WriteKey, ...] = ()
+    sources: tuple[Source, ...] = ()  # one per source a write key names
+    tracking_plans: str = ""  # directory of JSON Schema documents; see README
+    # Its *.json files as (relative path, text), read once so they travel to every replica.
+    tracking_plan_files: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    body_timeout_s: float = 10.0  # a request body slower than this gets 408 (slowloris)
     log_dir: str = ""
     log_capacity_bytes: int = 512 * 1024 * 1024
     segment_bytes: int = 16 * 1024 * 1024
@@ -148,6 +251,13 @@ class Config:
             if spec.scheme in ("file", "s3"):
                 return spec
         return None
+
+    def source(self, name: str) -> Source:
+        """The rules of source `name` (defaults when the config does not list it)."""
+        for source in self.sources:
+            if source.name == name:
+                return source
+        return Source(name=name)
 
     def should_fsync(self) -> bool:
         if self.fsync is not None:
@@ -202,16 +312,62 @@ def load(
     keys += [WriteKey.parse(k) for k in env.get("SLUICE_WRITE_KEYS", "").split(",") if k.strip()]
     for item in data.get("write_keys") or []:
         keys.append(WriteKey.parse(item) if isinstance(item, str) else WriteKey(**item))
+    sources: dict[str, Source] = {}
+    for item in data.get("sources") or []:
+        source, source_keys = Source.parse(item)
+        if source.name in sources:
+            raise ConfigError(f"sources: {source.name} is listed twice")
+        sources[source.name] = source
+        keys += source_keys
     generated = not keys
     if generated:
         keys = [WriteKey(key=secrets.token_urlsafe(18))]
+    keys = list(dict.fromkeys(keys))
+    owners: dict[str, str] = {}
+    for k in keys:
+        if owners.setdefault(k.key, k.source) != k.source:
+            raise ConfigError(
+                f"a write key is given to both {owners[k.key]} and {k.source}; "
+                "each key sends for one source"
+            )
+        sources.setdefault(k.source, Source(name=k.source))
+    for source in sources.values():
+        if source.name not in owners.values():
+            raise ConfigError(
+                f"source {source.name} has no write key; add write_keys to it "
+                f"(or pass --write-key KEY:{source.name})"
+            )
+    plans_dir = data.get("tracking_plans") or ""
+    plan_files: list[tuple[str, str]] = []
+    if plans_dir:
+        root = (base / str(plans_dir)).resolve()
+        plans_dir = str(root)
+        if not root.is_dir():
+            raise ConfigError(f"tracking_plans: {plans_dir} is not a directory")
+        try:
+            for path in sorted(root.rglob("*.json")):
+                plan_files.append((path.relative_to(root).as_posix(), path.read_text()))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"tracking_plans: cannot read {plans_dir}: {exc}") from exc
+    strict = [s.name for s in sources.values() if s.tracking_plan != "off"]
+    if strict and not plans_dir:
+        raise ConfigError(
+            f"source(s) {', '.join(strict)} check a tracking plan: set tracking_plans: DIR"
+        )
 
-    known = {f for f in Config.__dataclass_fields__ if f not in ("sinks", "write_keys")}
-    unknown = set(data) - known - {"sinks", "write_keys"}
+    merged = ("sinks", "write_keys", "sources", "tracking_plans")
+    internal = ("generated_key", "tracking_plan_files")
+    known = {f for f in Config.__dataclass_fields__ if f not in merged + internal}
+    unknown = set(data) - known - set(merged)
     if unknown:
-        raise ConfigError(f"unknown config setting(s) {sorted(unknown)}; known: {sorted(known)}")
-    settings = {k: v for k, v in data.items() if k in known and k != "generated_key"}
+        raise ConfigError(
+            f"unknown config setting(s) {sorted(unknown)}; known: {sorted(known | set(merged))}"
+        )
+    settings = {k: v for k, v in data.items() if k in known}
     config = Config(**settings)
+    timeout = config.body_timeout_s
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ConfigError(f"body_timeout_s must be a number of seconds > 0, got {timeout!r}")
     chosen_log_dir = log_dir or config.log_dir
     if chosen_log_dir:
         chosen_log_dir = str((base / chosen_log_dir).resolve())
@@ -221,6 +377,9 @@ def load(
         port=int(port if port is not None else config.port),
         sinks=tuple(sink_specs),
         write_keys=tuple(keys),
+        sources=tuple(sources.values()),
+        tracking_plans=plans_dir,
+        tracking_plan_files=tuple(plan_files),
         log_dir=chosen_log_dir,
         generated_key=generated,
     )

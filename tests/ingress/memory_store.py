@@ -1,0 +1,47 @@
+"""`MemoryEventStore`: the app's `EventStore` seam kept in a dict, for tests without Ray."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ingress.events import IngressError
+from sluice.model import DEADLETTER
+
+
+class MemoryEventStore:
+    """Keeps every appended payload per record type; can be told to answer 503 (full)."""
+
+    def __init__(self, capacity_events: int = 1_000_000) -> None:
+        self.payloads: dict[str, list[bytes]] = {}
+        self.capacity_events = capacity_events
+
+    async def append(self, record_type: str, payloads: list[bytes]) -> None:
+        held = self.payloads.setdefault(record_type, [])
+        if len(held) + len(payloads) > self.capacity_events:
+            raise IngressError(
+                503, "log_full", f"{record_type} events are not accepted now", {"Retry-After": "5"}
+            )
+        held.extend(payloads)
+
+    async def stats(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "record_type": kind,
+                "accepted": len(held),
+                "in_log": len(held),
+                "held_bytes": sum(map(len, held)),
+                "capacity_bytes": 1 << 40,
+                "sinks": {},
+            }
+            for kind, held in self.payloads.items()
+        ]
+
+    def events(self, record_type: str | None = None) -> list[dict[str, Any]]:
+        """The stored events (of one record type, or all but dead letters), decoded."""
+        kinds = [record_type] if record_type else [k for k in self.payloads if k != DEADLETTER]
+        return [orjson.loads(p) for k in kinds for p in self.payloads.get(k, [])]
+
+    def deadletters(self) -> list[dict[str, Any]]:
+        return self.events(DEADLETTER)
