@@ -16,14 +16,14 @@ from tests.service import WRITE_KEY
 TYPES = ("track", "identify", "page", "screen", "group", "alias")
 
 
-def event(prefix: str, n: int, users: int = 40) -> dict[str, Any]:
+def event(prefix: str, n: int, users: int = 40, pad: int = 0) -> dict[str, Any]:
     """Event `n` of a stream: every type in turn, a per-user sequence number in properties."""
     kind = TYPES[n % len(TYPES)]
     body: dict[str, Any] = {
         "type": kind,
         "messageId": f"{prefix}-{n}",
         "userId": f"{prefix}-user-{n % users}",
-        "properties": {"seq": n},
+        "properties": {"seq": n, **({"pad": "x" * pad} if pad else {})},
     }
     body.update(
         {
@@ -39,12 +39,13 @@ class Traffic:
     """Sends `/v1/batch` requests of `batch_size` events from a thread until stopped."""
 
     def __init__(
-        self, url: str, prefix: str, *, batch_size: int = 20, pause_s: float = 0.02
+        self, url: str, prefix: str, *, batch_size: int = 20, pause_s: float = 0.02, pad: int = 0
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.batch_size = batch_size
         self.pause_s = pause_s
+        self.pad = pad
         self.sent = 0
         self.acked: set[str] = set()
         self.statuses: collections.Counter[str] = collections.Counter()
@@ -66,7 +67,7 @@ class Traffic:
         n = 0
         with httpx.Client(auth=(WRITE_KEY, ""), timeout=10) as client:
             while not self._stop.is_set():
-                batch = [event(self.prefix, n + i) for i in range(self.batch_size)]
+                batch = [event(self.prefix, n + i, pad=self.pad) for i in range(self.batch_size)]
                 n += self.batch_size
                 self.sent += len(batch)
                 try:
