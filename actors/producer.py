@@ -28,8 +28,6 @@ from sluice.config import BatchPolicy, SinkSpec
 
 logger = logging.getLogger("sluice.producer")
 
-#: In-flight batches per sink and producer; commits still happen in log order.
-MAX_IN_FLIGHT = 4
 _RETRY_BASE_S = 0.2
 _RETRY_CAP_S = 10.0
 
@@ -124,6 +122,7 @@ class Producer:
         """Counters for `/health` and `/metrics`."""
         return {
             "record_type": self.record_type,
+            "log": self.log.directory.name,
             "accepted": self.accepted,
             "end": self.log.end,
             "in_log": self.log.end - self.log.start,
@@ -160,7 +159,7 @@ class Producer:
 
     async def _dispatch(self, state: _SinkState) -> None:
         policy = state.spec.policy
-        in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        in_flight = asyncio.Semaphore(policy.max_in_flight)
         tick = min(0.05, max(policy.max_age_s / 4, 0.005))
         while True:
             with contextlib.suppress(TimeoutError):

@@ -18,7 +18,7 @@ from actors.consumer import Consumer
 from actors.producer import Producer
 from sinks.deadletter import deadletter_spec
 from sluice.config import Config, SinkSpec
-from sluice.model import DEADLETTER, RecordType
+from sluice.model import DEADLETTER, RecordType, record_type_of
 
 logger = logging.getLogger("sluice.supervisor")
 
@@ -27,8 +27,13 @@ SUPERVISOR_NAME = "supervisor"
 _ACTOR_CPUS = 0.05
 
 
-def producer_name(record_type: str) -> str:
-    return f"producer:{record_type}"
+def producer_name(log: str) -> str:
+    return f"producer:{log}"
+
+
+def _is_log_name(name: str) -> bool:
+    kind, dot, shard = name.partition(".")
+    return kind in set(RecordType) and (not dot or shard.isdigit())
 
 
 class Supervisor:
@@ -50,6 +55,7 @@ class Supervisor:
                     num_cpus=_ACTOR_CPUS,
                     max_restarts=-1,
                     max_task_retries=0,
+                    scheduling_strategy="SPREAD",
                 )
                 .remote(spec)
                 for name in names
@@ -60,17 +66,18 @@ class Supervisor:
         if self.config.deadletter_sink:
             self._ensure(DEADLETTER)
         for path in sorted(log_root.iterdir()):
-            if path.is_dir() and path.name in set(RecordType):
+            if path.is_dir() and _is_log_name(path.name):
                 self._ensure(path.name)
 
     def _all_sinks(self) -> list[SinkSpec]:
         dl = self.config.deadletter_sink
         return [*self.config.sinks, *([deadletter_spec(dl)] if dl else [])]
 
-    def _ensure(self, record_type: str) -> Any:
-        if record_type in self.producers:
-            return self.producers[record_type]
-        if record_type == DEADLETTER:
+    def _ensure(self, log: str) -> Any:
+        """The producer of log `log` (`track`, `track.3`, `_deadletter`), created if new."""
+        if log in self.producers:
+            return self.producers[log]
+        if log == DEADLETTER:
             dl = self.config.deadletter_sink
             assert dl is not None
             specs = [deadletter_spec(dl)]
@@ -84,16 +91,17 @@ class Supervisor:
         handle = (
             ray.remote(Producer)
             .options(
-                name=producer_name(record_type),
+                name=producer_name(log),
                 namespace=NAMESPACE,
                 num_cpus=_ACTOR_CPUS,
                 max_restarts=-1,
                 max_task_retries=0,  # a call lost in a crash is answered 503, never retried blindly
                 max_concurrency=1000,
+                scheduling_strategy="SPREAD",  # a record type's shards go to different nodes
             )
             .remote(
-                record_type,
-                str(self.config.log_path / record_type),
+                record_type_of(log),
+                str(self.config.log_path / log),
                 [(spec, self.pools[spec.sink_id]) for spec in specs],
                 namespace=NAMESPACE,
                 capacity_bytes=self.config.log_capacity_bytes,
@@ -102,12 +110,12 @@ class Supervisor:
                 deadletter=deadletter,
             )
         )
-        self.producers[record_type] = handle
+        self.producers[log] = handle
         return handle
 
-    async def producer(self, record_type: str) -> Any:
-        """The producer of `record_type` (or of dead letters), created on first use."""
-        handle = self._ensure(record_type)
+    async def producer(self, log: str) -> Any:
+        """The producer of log `log` (see `sluice.model.log_name`), created on first use."""
+        handle = self._ensure(log)
         await handle.ping.remote()
         return handle
 

@@ -275,7 +275,7 @@ def build_app(config: Config, store: EventStore) -> Starlette:
                 503, {"status": "unavailable", "reason": f"{type(exc).__name__}: {exc}"}
             )
         full = [s["record_type"] for s in stats if s["held_bytes"] >= s["capacity_bytes"] * 0.95]
-        body = {"status": "full" if full else "ok", "types": {s["record_type"]: s for s in stats}}
+        body = {"status": "full" if full else "ok", "types": {s["log"]: s for s in stats}}
         if full:
             body["reason"] = f"log full for {', '.join(full)}: a sink is behind or down"
             return json_response(503, body, {"Retry-After": "5"})

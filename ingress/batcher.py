@@ -1,11 +1,16 @@
-"""`MicroBatcher`: gathers the events of concurrent requests, per record type, for a few
-milliseconds, then stores them with one actor call. Every request waits for the call
-that carries its events, so it is answered only once they are in the producer's log.
+"""`MicroBatcher`: gathers the events of concurrent requests, per record type, and stores
+them with one actor call per batch. Every request waits for the call that carries its
+events, so it is answered only once they are in the producer's log.
+
+Batching adapts to load, as a group commit does: with no call in flight a request's
+events go at once (after one turn of the event loop, so requests parsed together share
+a call); while `max_in_flight` calls are under way, events pile up for the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,13 +28,16 @@ class MicroBatcher:
         self,
         store: Callable[[str, list[bytes]], Awaitable[Any]],
         *,
-        window_s: float = 0.002,
+        window_s: float = 0.0,
+        max_in_flight: int = 2,
         max_events: int = 5000,
     ) -> None:
         self._store = store
         self.window_s = window_s
+        self.max_in_flight = max_in_flight
         self.max_events = max_events
         self._pending: dict[str, _Pending] = {}
+        self._in_flight: collections.Counter[str] = collections.Counter()
         self.calls = 0
 
     async def append(self, record_type: str, payloads: list[bytes]) -> None:
@@ -37,7 +45,9 @@ class MicroBatcher:
         pending = self._pending.get(record_type)
         if pending is None:
             pending = self._pending[record_type] = _Pending()
-            asyncio.get_running_loop().call_later(self.window_s, self._flush, record_type, pending)
+            if self._in_flight[record_type] < self.max_in_flight:
+                loop = asyncio.get_running_loop()
+                loop.call_later(self.window_s, self._flush, record_type, pending)
         pending.payloads.extend(payloads)
         if len(pending.payloads) >= self.max_events:
             self._flush(record_type, pending)
@@ -47,6 +57,7 @@ class MicroBatcher:
         if self._pending.get(record_type) is not pending:
             return  # already sent
         del self._pending[record_type]
+        self._in_flight[record_type] += 1
         asyncio.get_running_loop().create_task(self._send(record_type, pending))
 
     async def _send(self, record_type: str, pending: _Pending) -> None:
@@ -58,3 +69,8 @@ class MicroBatcher:
             pending.done.exception()  # marks it retrieved when no request awaits any more
         else:
             pending.done.set_result(None)
+        finally:
+            self._in_flight[record_type] -= 1
+            waiting = self._pending.get(record_type)
+            if waiting is not None:
+                self._flush(record_type, waiting)

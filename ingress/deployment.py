@@ -19,7 +19,7 @@ class Ingress:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.store = RayEventStore(config.batch_window_s)
+        self.store = RayEventStore(config.batch_window_s, config.shards)
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_app(self.config, self.store)
@@ -28,8 +28,11 @@ class Ingress:
 def application(config: Config) -> Any:
     """The Serve application for `config`, with replica count and CPU share set here."""
     deployment: Any = Ingress  # a Serve Deployment once decorated
-    return deployment.options(
-        num_replicas=config.ingress_replicas,
-        ray_actor_options={"num_cpus": 0.25},
-        max_ongoing_requests=1000,
-    ).bind(config)
+    options: dict[str, Any] = {
+        "num_replicas": config.ingress_replicas,
+        "ray_actor_options": {"num_cpus": 0.25},
+        "max_ongoing_requests": 1000,
+    }
+    if config.max_replicas_per_node:
+        options["max_replicas_per_node"] = config.max_replicas_per_node
+    return deployment.options(**options).bind(config)

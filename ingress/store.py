@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
+import orjson
 import ray
 from ray.exceptions import RayActorError, RaySystemError
 
@@ -14,30 +16,51 @@ from actors.log import LogFull
 from actors.supervisor import NAMESPACE, SUPERVISOR_NAME
 from ingress.batcher import MicroBatcher
 from ingress.events import IngressError
+from sluice import model
+from sluice.model import DEADLETTER
 
 #: How long a replica reuses the supervisor's counters for /health and /metrics.
 _STATS_TTL_S = 0.5
 
 
 class RayEventStore:
-    """Stores events in the producer actors; maps their failures to retryable 503s."""
+    """Stores events in the producer actors; maps their failures to retryable 503s.
 
-    def __init__(self, window_s: float) -> None:
+    With `shards > 1` each record type has that many producers, and an event goes to
+    the one its partition key hashes to, so one user's events keep one log and order.
+    """
+
+    def __init__(self, window_s: float, shards: int = 1) -> None:
         self._supervisor = ray.get_actor(SUPERVISOR_NAME, namespace=NAMESPACE)
         self._producers: dict[str, Any] = {}
+        self.shards = shards
         self.batcher = MicroBatcher(self._store, window_s=window_s)
         self._stats: tuple[float, list[dict[str, Any]]] = (0.0, [])
 
-    async def _store(self, record_type: str, payloads: list[bytes]) -> None:
-        producer = self._producers.get(record_type)
+    async def _store(self, log: str, payloads: list[bytes]) -> None:
+        producer = self._producers.get(log)
         if producer is None:
-            producer = await self._supervisor.producer.remote(record_type)
-            self._producers[record_type] = producer
+            producer = await self._supervisor.producer.remote(log)
+            self._producers[log] = producer
         await producer.append.remote(payloads)
+
+    def _by_log(self, record_type: str, payloads: list[bytes]) -> dict[str, list[bytes]]:
+        if self.shards <= 1 or record_type == DEADLETTER:
+            return {record_type: payloads}
+        logs: dict[str, list[bytes]] = {}
+        for payload in payloads:
+            shard = model.shard_of(model.partition_key(orjson.loads(payload)), self.shards)
+            logs.setdefault(model.log_name(record_type, shard, self.shards), []).append(payload)
+        return logs
 
     async def append(self, record_type: str, payloads: list[bytes]) -> None:
         try:
-            await self.batcher.append(record_type, payloads)
+            await asyncio.gather(
+                *(
+                    self.batcher.append(log, part)
+                    for log, part in self._by_log(record_type, payloads).items()
+                )
+            )
         except LogFull as exc:
             raise IngressError(
                 503,

@@ -36,17 +36,20 @@ class BatchPolicy:
     max_events: int = 10_000
     max_bytes: int = 64 * 1024 * 1024
     max_age_s: float = 5.0
+    max_in_flight: int = 4  # batches being written at once; commits stay in log order
 
     @classmethod
     def default_for(cls, scheme: str) -> BatchPolicy:
         """Kinesis wants low latency; object stores want large files."""
         if scheme == "kinesis":
-            return cls(max_events=500, max_bytes=4 * 1024 * 1024, max_age_s=0.2)
+            # One batch at a time: a failed batch retried after a later one landed
+            # would put a user's events out of order in their shard.
+            return cls(max_events=500, max_bytes=4 * 1024 * 1024, max_age_s=0.2, max_in_flight=1)
         return cls(max_events=100_000, max_bytes=64 * 1024 * 1024, max_age_s=10.0)
 
     def updated(self, values: dict[str, Any]) -> BatchPolicy:
         """A copy with `max_events`, `max_bytes`, `max_age_s` taken from `values` where given."""
-        known = {"max_events": int, "max_bytes": int, "max_age_s": float}
+        known = {"max_events": int, "max_bytes": int, "max_age_s": float, "max_in_flight": int}
         unknown = set(values) - set(known)
         if unknown:
             raise ConfigError(
@@ -57,7 +60,10 @@ class BatchPolicy:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"batch policy values must be numbers: {exc}") from exc
         policy = replace(self, **changes)
-        if policy.max_events < 1 or policy.max_bytes < 1 or policy.max_age_s < 0:
+        if (
+            min(policy.max_events, policy.max_bytes, policy.max_in_flight) < 1
+            or policy.max_age_s < 0
+        ):
             raise ConfigError(f"batch policy limits must be positive, got {policy}")
         return policy
 
@@ -237,7 +243,11 @@ class Config:
     segment_bytes: int = 16 * 1024 * 1024
     fsync: bool | None = None  # None: fsync when the log is not in shared memory
     ingress_replicas: int = 1
-    batch_window_s: float = 0.002
+    max_replicas_per_node: int | None = None  # 1 with ingress_replicas = nodes: one per node
+    shards: int = 1  # producers per record type, by partition-key hash (for clusters)
+    ingress_mode: str = "haproxy"  # or "direct", "proxy": Serve's Python proxy (README's table)
+    proxy_location: str = "EveryNode"  # or "HeadOnly": where the public port is served
+    batch_window_s: float = 0.0  # extra wait before a micro-batch is sent; 0 adapts to load
     generated_key: bool = field(default=False, compare=False)
 
     @property

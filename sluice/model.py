@@ -7,6 +7,7 @@ Kept import-light: it is imported by ingress replicas, actors and sinks alike.
 from __future__ import annotations
 
 import enum
+import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -84,6 +85,21 @@ def partition_key(event: dict[str, Any]) -> str:
         if value:
             return str(value)
     return ""
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard of a partition key: stable across processes and restarts."""
+    return zlib.crc32(key.encode()) % shards if shards > 1 else 0
+
+
+def log_name(record_type: str, shard: int, shards: int) -> str:
+    """Name of a producer's log: `track`, or `track.3` when record types are sharded."""
+    return record_type if shards <= 1 else f"{record_type}.{shard}"
+
+
+def record_type_of(name: str) -> str:
+    """The record type of a log name (`track.3` -> `track`)."""
+    return name.partition(".")[0]
 
 
 def hour_partition(received_at: str) -> tuple[str, str]:

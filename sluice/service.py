@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from sluice.config import Config
@@ -78,8 +80,47 @@ def run_in_own_session(argv: list[str]) -> int:
     return child.wait()
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve_environment(config: Config) -> dict[str, str]:
+    """Ray Serve settings for `config.ingress_mode`, measured in bench/ (see README).
+
+    `haproxy`: HAProxy on the public port in front of replicas that serve HTTP directly;
+    several times the throughput of Serve's Python proxy (`proxy`). HAProxy's files and
+    side ports are made per instance so two Sluices on one machine never collide.
+    """
+    if config.ingress_mode not in ("haproxy", "direct", "proxy"):
+        raise StartupError(f"ingress_mode {config.ingress_mode!r}: use haproxy, direct or proxy")
+    if config.ingress_mode == "proxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+    if config.ingress_mode == "direct":
+        # Serve's proxy on the public port, and every replica also serves HTTP itself.
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+    run_dir = Path(tempfile.gettempdir()) / f"sluice-{config.port}" / "haproxy"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(run_dir / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(run_dir / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(run_dir),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(run_dir / "server-state"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",  # Sluice's own /metrics covers ingress
+        "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",  # idle or stalled clients are cut
+    }
+
+
 def serve_forever(config: Config, address: str | None = None) -> int:
     """Start everything, print the ready line, block until SIGINT/SIGTERM, flush, stop."""
+    # Serve reads its settings when imported, so they go into the environment first;
+    # a user's own RAY_SERVE_* variables win.
+    env = {k: v for k, v in serve_environment(config).items() if k not in os.environ}
+    os.environ.update(env)
+
     import ray
     from ray import serve
 
@@ -96,6 +137,7 @@ def serve_forever(config: Config, address: str | None = None) -> int:
         "namespace": NAMESPACE,
         "include_dashboard": False,
         "logging_level": logging.WARNING,
+        "runtime_env": {"env_vars": env},  # every worker, on a cluster too
     }
     if address or os.environ.get("RAY_ADDRESS"):
         init["address"] = address or os.environ["RAY_ADDRESS"]
@@ -118,7 +160,9 @@ def serve_forever(config: Config, address: str | None = None) -> int:
         )
         ray.get(supervisor.ready.remote(), timeout=120)
         serve.start(
-            http_options={"host": config.host, "port": config.port}, logging_config=_SERVE_LOGGING
+            http_options={"host": config.host, "port": config.port},
+            proxy_location=config.proxy_location,
+            logging_config=_SERVE_LOGGING,
         )
         serve.run(
             application(config), name=APP_NAME, route_prefix="/", logging_config=_SERVE_LOGGING

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -24,6 +25,10 @@ AWS_OVERRIDDEN = (
     "AWS_SESSION_TOKEN",
     "AWS_PROFILE",
 )
+
+
+# moto's server logs every request; a failing test's report should show the failure.
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="session")

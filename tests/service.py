@@ -105,6 +105,16 @@ class Service:
         psutil.wait_procs(victims, timeout=30)
         self.process.wait(30)
 
+    def processes(self, title: str) -> list[psutil.Process]:
+        """Processes of this service whose title (`ray::ClassName...`) starts with `title`."""
+        assert self.process is not None
+        found = []
+        for proc in psutil.Process(self.process.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess, IndexError):
+                if proc.cmdline()[0].startswith(title):
+                    found.append(proc)
+        return found
+
     def client(self, auth: tuple[str, str] | None = (WRITE_KEY, "")) -> httpx.Client:
         """An HTTP client for this service, authenticated with the test write key."""
         return httpx.Client(base_url=self.url, auth=auth, timeout=30)

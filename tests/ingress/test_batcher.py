@@ -40,6 +40,28 @@ def test_a_failed_store_fails_every_request_in_it() -> None:
     assert all(isinstance(r, RuntimeError) for r in results)
 
 
+def test_events_pile_up_while_a_call_is_in_flight() -> None:
+    sizes: list[int] = []
+    release = asyncio.Event()
+
+    async def store(record_type: str, payloads: list[bytes]) -> None:
+        sizes.append(len(payloads))
+        if len(sizes) == 1:
+            await release.wait()
+
+    async def main() -> None:
+        batcher = MicroBatcher(store, max_in_flight=1)
+        first = asyncio.ensure_future(batcher.append("track", [b"x"]))
+        await asyncio.sleep(0.01)  # the first call is now in flight
+        later = [asyncio.ensure_future(batcher.append("track", [b"y"])) for _ in range(30)]
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(first, *later)
+
+    asyncio.run(main())
+    assert sizes == [1, 30]
+
+
 def test_full_batch_is_sent_before_the_window_ends() -> None:
     sizes: list[int] = []
 

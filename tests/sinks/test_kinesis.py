@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import orjson
 import pytest
 
 from sinks.base import Batch
 from sinks.kinesis import MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, KinesisSink
 from sluice.config import SinkSpec
+from tests.aws import create_stream, read_stream
 
 SHARDS = 4
 
@@ -42,35 +42,6 @@ def make_events(count: int, users: int, *, pad: int = 0, seed: int = 0) -> list[
     return payloads
 
 
-def create_stream(shards: int = SHARDS) -> str:
-    name = f"events-{uuid.uuid4().hex[:8]}"
-    client = boto3.client("kinesis")
-    client.create_stream(StreamName=name, ShardCount=shards)
-    client.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.1})
-    return name
-
-
-def read_stream(name: str) -> dict[str, list[dict[str, Any]]]:
-    """Every record of every shard, in shard order, as decoded events."""
-    client = boto3.client("kinesis")
-    shards = client.list_shards(StreamName=name)["Shards"]
-    assert len(shards) == SHARDS
-    out: dict[str, list[dict[str, Any]]] = {}
-    for shard in shards:
-        iterator = client.get_shard_iterator(
-            StreamName=name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        events: list[dict[str, Any]] = []
-        while True:
-            response = client.get_records(ShardIterator=iterator, Limit=10_000)
-            if not response["Records"]:
-                break
-            events += [orjson.loads(r["Data"]) for r in response["Records"]]
-            iterator = response["NextShardIterator"]
-        out[shard["ShardId"]] = events
-    return out
-
-
 def assert_delivered(name: str, payloads: list[bytes]) -> None:
     """Every event exactly once; each user's events in one shard, in the order sent."""
     shards = read_stream(name)
@@ -90,7 +61,7 @@ def assert_delivered(name: str, payloads: list[bytes]) -> None:
 
 @pytest.fixture
 def sink(moto_server: str) -> Iterator[KinesisSink]:
-    kinesis = KinesisSink(SinkSpec.parse(f"kinesis://{create_stream()}", Path.cwd()))
+    kinesis = KinesisSink(SinkSpec.parse(f"kinesis://{create_stream(SHARDS)}", Path.cwd()))
     yield kinesis
     kinesis.close()
 

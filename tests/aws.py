@@ -1,0 +1,62 @@
+"""Reading back what Sluice wrote to (emulated) AWS: every Kinesis shard, the S3 tree."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import boto3
+import orjson
+import pyarrow.dataset as ds
+
+from sinks.s3 import open_filesystem
+
+
+def create_stream(shards: int) -> str:
+    name = f"events-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("kinesis")
+    client.create_stream(StreamName=name, ShardCount=shards)
+    client.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.1})
+    return name
+
+
+def read_stream(name: str) -> dict[str, list[dict[str, Any]]]:
+    """Every record of every shard, in shard order, as decoded events."""
+    client = boto3.client("kinesis")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for shard in client.list_shards(StreamName=name)["Shards"]:
+        iterator = client.get_shard_iterator(
+            StreamName=name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        events: list[dict[str, Any]] = []
+        while True:
+            response = client.get_records(ShardIterator=iterator, Limit=10_000)
+            if not response["Records"]:
+                break
+            events += [orjson.loads(r["Data"]) for r in response["Records"]]
+            iterator = response["NextShardIterator"]
+        out[shard["ShardId"]] = events
+    return out
+
+
+def create_bucket() -> str:
+    name = f"events-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+def read_parquet_tree(uri: str) -> list[dict[str, Any]]:
+    """Rows of the Parquet tree under a `file://` or `s3://` sink URI (dead letters excluded)."""
+    fs, root = open_filesystem(uri)
+    try:
+        dataset = ds.dataset(
+            root,
+            filesystem=fs,
+            format="parquet",
+            partitioning="hive",
+            exclude_invalid_files=False,
+            ignore_prefixes=["_", "."],
+        )
+    except FileNotFoundError:
+        return []
+    return dataset.to_table().to_pylist()  # type: ignore[no-any-return]
