@@ -242,6 +242,7 @@ def enrich(
     ip: str | None,
     sent_at: Any = None,
     violations: list[dict[str, str]] | None = None,
+    received_text: str | None = None,
 ) -> dict[str, Any]:
     """Add the server-set fields, as Segment does.
 
@@ -264,8 +265,10 @@ def enrich(
         event["originalTimestamp"] = utc_text(original)
     if sent is not None:
         event["sentAt"] = utc_text(sent)
-    event["timestamp"] = utc_text(timestamp)
-    event["receivedAt"] = utc_text(received)
+    # One request's events share receivedAt: its text is made once, by `accept`.
+    received_text = received_text or utc_text(received)
+    event["timestamp"] = received_text if timestamp is received else utc_text(timestamp)
+    event["receivedAt"] = received_text
     # A copy: the payload as the client sent it stays intact for dead letters.
     context = dict(event.get("context") or {})
     context.pop("sluice", None)  # only Sluice writes there
@@ -327,6 +330,7 @@ def accept(
                 ip=ip,
                 sent_at=defaults.get("sentAt"),
                 violations=violations,
+                received_text=parsed.received_at,
             )
             try:
                 payload = orjson.dumps(event)

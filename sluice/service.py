@@ -128,6 +128,10 @@ def serve_forever(config: Config, address: str | None = None) -> int:
     from ingress.deployment import application
 
     check_port_free(config.host, config.port)
+    if config.tracking_plans:
+        from ingress.plans import TrackingPlan
+
+        TrackingPlan.compile(config.tracking_plan_files)  # a broken schema: ConfigError now
     if log_root_holds_events(config.log_path):
         print(
             f"sluice: {config.log_path} holds events from an earlier run; delivering them first",

@@ -29,6 +29,7 @@ class MemoryEventStore:
         return [
             {
                 "record_type": kind,
+                "log": kind,
                 "accepted": len(held),
                 "in_log": len(held),
                 "held_bytes": sum(map(len, held)),
