@@ -7,6 +7,8 @@ On disk (in `/dev/shm` by default) a log directory holds:
 - `NNNNNNNNNNNNNNNNNNNN.seg`: segment files named by the offset of their first record.
   A record is `length (u32) | crc32 (u32) | payload`.
 - `cursor.SINK`: the first offset that sink has not committed yet.
+- `batches.SINK`: the ranges sent to that sink as batches, so a reopened log re-sends
+  the same ranges: same batch ids, and a re-sent S3 file replaces itself.
 
 Appends go to the newest segment in one `write` per call (one call = one micro-batch),
 with `fsync` when asked. A segment is deleted once every sink has committed past it.
@@ -78,6 +80,7 @@ class SegmentLog:
         self._bytes = 0  # payload bytes held in self._records
         self._fd: int | None = None
         self.cursors: dict[str, Cursor] = {}
+        self._batch_lines: dict[str, int] = {}
         self._recover(list(sink_ids))
 
     # -- reading state -------------------------------------------------------------
@@ -159,6 +162,40 @@ class SegmentLog:
         cursor.offset = offset
         _write_atomic(self.directory / f"cursor.{sink_id}", str(offset))
         self._trim()
+
+    def record_batch(self, sink_id: str, start: int, end: int) -> None:
+        """Remember that `[start, end)` went to `sink_id` as one batch."""
+        path = self.directory / f"batches.{sink_id}"
+        lines = self._batch_lines.get(sink_id, 0)
+        if lines >= 256:  # keep the file short: rewrite it with the uncommitted ranges
+            cursor = self.cursors[sink_id].offset
+            kept = [r for r in self._read_batches(sink_id) if r[1] > cursor]
+            _write_atomic(path, "".join(f"{a} {b}\n" for a, b in kept))
+            lines = len(kept)
+        with path.open("a") as f:
+            f.write(f"{start} {end}\n")
+        self._batch_lines[sink_id] = lines + 1
+
+    def unfinished_batches(self, sink_id: str) -> list[tuple[int, int]]:
+        """Ranges sent to `sink_id` before a reopen, not committed, contiguous from its cursor."""
+        ranges: list[tuple[int, int]] = []
+        expected = self.cursors[sink_id].offset
+        for start, end in self._read_batches(sink_id):
+            if start == expected and end <= self.end:
+                ranges.append((start, end))
+                expected = end
+        return ranges
+
+    def _read_batches(self, sink_id: str) -> list[tuple[int, int]]:
+        path = self.directory / f"batches.{sink_id}"
+        if not path.exists():
+            return []
+        ranges = []
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+                ranges.append((int(parts[0]), int(parts[1])))
+        return ranges
 
     def close(self) -> None:
         if self._fd is not None:

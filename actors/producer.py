@@ -46,6 +46,7 @@ class _SinkState:
     spec: SinkSpec
     pool: ConsumerPool
     dispatched: int  # next offset to put in a batch
+    replay: list[tuple[int, int]] = field(default_factory=list)  # ranges sent before a restart
     done: dict[int, int] = field(default_factory=dict)  # written batches: start -> end
     stats: SinkStats = field(default_factory=SinkStats)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -81,7 +82,12 @@ class Producer:
         self.sinks: dict[str, _SinkState] = {}
         for spec, consumers in sinks:
             cursor = self.log.cursors[spec.sink_id].offset
-            self.sinks[spec.sink_id] = _SinkState(spec, ConsumerPool(consumers, namespace), cursor)
+            self.sinks[spec.sink_id] = _SinkState(
+                spec,
+                ConsumerPool(consumers, namespace),
+                cursor,
+                replay=self.log.unfinished_batches(spec.sink_id),
+            )
         recovered = self.log.end - self.log.start
         if recovered:
             logger.warning("%s: reopened log with %d uncommitted events", record_type, recovered)
@@ -151,7 +157,7 @@ class Producer:
         pending = self.log.end - state.dispatched
         if pending <= 0:
             return False
-        if self.flushing or pending >= policy.max_events:
+        if state.replay or self.flushing or pending >= policy.max_events:
             return True
         if time.monotonic() - self.log.appended_at(state.dispatched) >= policy.max_age_s:
             return True
@@ -168,7 +174,11 @@ class Producer:
             while self._due(state, policy):
                 await in_flight.acquire()
                 start = state.dispatched
-                end = self.log.cut(start, policy.max_events, policy.max_bytes)
+                if state.replay:  # the same ranges as before the restart: same batch ids
+                    end = state.replay.pop(0)[1]
+                else:
+                    end = self.log.cut(start, policy.max_events, policy.max_bytes)
+                    self.log.record_batch(state.spec.sink_id, start, end)
                 batch = Batch.of(
                     self.log.log_id, self.record_type, start, self.log.read(start, end)
                 )

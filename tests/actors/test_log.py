@@ -82,3 +82,15 @@ def test_new_sink_starts_at_oldest_held_record(tmp_path: Path) -> None:
     both = SegmentLog(tmp_path, ["old", "new"])
     assert both.cursors["new"].offset == 0
     assert os.path.exists(tmp_path / "log.id")
+
+
+def test_reopened_log_remembers_uncommitted_batch_ranges(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, ["s3"])
+    log.append(payloads(30))
+    for start, end in ((0, 10), (10, 25), (25, 30)):
+        log.record_batch("s3", start, end)
+    log.commit("s3", 10)
+    log.close()
+    again = SegmentLog(tmp_path, ["s3"])
+    # Re-sent as the same ranges, so their batch ids (and S3 keys) are the same.
+    assert again.unfinished_batches("s3") == [(10, 25), (25, 30)]
