@@ -32,6 +32,12 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from bench.runner import main as bench_main  # Locust, pyarrow, matplotlib: only when asked
+
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sluice", description="Self-hosted, Segment-compatible event collector on Ray."
@@ -62,6 +68,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--in-session", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
+
+    bench = commands.add_parser(
+        "bench",
+        help="run the Locust benchmark against Sluice and the baseline; write a report",
+        description="Run one Locust scenario headless against a Sluice it starts (or "
+        "--target), count what reached the sink, run the same load against a bare "
+        "uvicorn + Starlette + orjson baseline, and write a JSON report and a PNG plot.",
+    )
+    bench.add_argument(
+        "--scenario", required=True, choices=("single", "batch", "gzip-batch"), help="what to send"
+    )
+    bench.add_argument("--duration", type=int, default=60, metavar="S", help="seconds of load")
+    bench.add_argument("--users", type=int, default=20, metavar="N", help="concurrent users")
+    bench.add_argument(
+        "--out", default="report.json", help="report file (JSON); the plot goes beside it (.png)"
+    )
+    bench.add_argument(
+        "--target", metavar="URL", help="benchmark the Sluice at URL instead of starting one"
+    )
+    bench.add_argument(
+        "--write-key",
+        metavar="KEY",
+        help="write key for --target (also SLUICE_BENCH_WRITE_KEY); default: a generated one",
+    )
+    bench.add_argument(
+        "--sink-dir",
+        metavar="DIR",
+        help="with --target: the file sink's directory, to count events and losses",
+    )
+    bench.add_argument(
+        "--workers", type=int, default=1, metavar="W", help="Locust processes (default 1)"
+    )
+    bench.add_argument(
+        "--skip-baseline", action="store_true", help="do not run the baseline afterwards"
+    )
+    bench.add_argument(
+        "--work-dir",
+        metavar="DIR",
+        help="keep Locust's files, acked ids, logs and the sink here (default: a temp dir)",
+    )
+    bench.set_defaults(func=_bench)
     return parser
 
 
