@@ -1,8 +1,8 @@
 """`Supervisor`: creates and watches the producers (one per record type) and the consumer
 pools (one per sink), and drives a flush of everything on shutdown.
 
-Producers are created on first use and, at start, for every record type whose log still
-holds events, so a service restarted on an old log directory delivers them first.
+Every producer is created at start (so no request waits for one), the logs that still
+hold events first: a service restarted on an old log directory delivers them first.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from actors.consumer import Consumer
 from actors.producer import Producer
 from sinks.deadletter import deadletter_spec
 from sluice.config import Config, SinkSpec
-from sluice.model import DEADLETTER, RecordType, record_type_of
+from sluice.model import DEADLETTER, RecordType, log_name, record_type_of
 
 logger = logging.getLogger("sluice.supervisor")
 
@@ -68,6 +68,10 @@ class Supervisor:
         for path in sorted(log_root.iterdir()):
             if path.is_dir() and _is_log_name(path.name):
                 self._ensure(path.name)
+        # Every producer up front: the first request of a type must not wait for one.
+        for kind in RecordType:
+            for shard in range(config.shards):
+                self._ensure(log_name(kind.value, shard, config.shards))
 
     def _all_sinks(self) -> list[SinkSpec]:
         dl = self.config.deadletter_sink

@@ -6,6 +6,7 @@ plus a cap on JSON nesting and on header size, so hostile input costs little.
 
 from __future__ import annotations
 
+import functools
 import uuid
 import zlib
 from collections.abc import Mapping
@@ -135,25 +136,38 @@ def _nested_deeper(value: Any, limit: int) -> bool:
 
 def utc_text(moment: datetime) -> str:
     """ISO-8601 in UTC with milliseconds and a `Z`, as every server-set time is written."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
     # isoformat, not strftime: strftime writes year 1 as "1", which no reader parses.
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
-def _parse_time(value: Any, name: str) -> datetime | None:
+@functools.lru_cache(maxsize=4096)
+def _parsed_time(value: str) -> tuple[datetime, str] | None:
+    """`(moment in UTC, its text)` for an ISO-8601 string, or None. Cached: a batch's
+    events share their `sentAt`, and SDKs resend the same timestamps on retries."""
+    try:
+        moment = datetime.fromisoformat(value.upper())  # RFC 3339 allows a lowercase t and z
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # hours from year 1 or past 9999, which Python cannot hold in UTC
+        moment = (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)
+    return moment, utc_text(moment)
+
+
+def _parse_time(value: Any, name: str) -> tuple[datetime, str] | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise _Invalid("invalid_timestamp", f"{name} must be an ISO-8601 string")
-    try:
-        moment = datetime.fromisoformat(value.upper())  # RFC 3339 allows a lowercase t and z
-    except ValueError as exc:
-        raise _Invalid("invalid_timestamp", f"{name} {_clip(value)} is not ISO-8601") from exc
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:  # hours from year 1 or past 9999, which Python cannot hold in UTC
-        return (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)
+    parsed = _parsed_time(value)
+    if parsed is None:
+        raise _Invalid("invalid_timestamp", f"{name} {_clip(value)} is not ISO-8601")
+    return parsed
 
 
 class _Invalid(Exception):
@@ -253,18 +267,19 @@ def enrich(
     event.pop("writeKey", None)
     message_id = event.get("messageId")
     event["messageId"] = str(message_id) if message_id not in (None, "") else str(uuid.uuid4())
-    original = _parse_time(event.get("timestamp"), "timestamp")
-    sent = _parse_time(event.get("sentAt", sent_at), "sentAt")
+    original_at = _parse_time(event.get("timestamp"), "timestamp")
+    sent_at_parsed = _parse_time(event.get("sentAt", sent_at), "sentAt")
+    original = original_at[0] if original_at else None
     timestamp = received if original is None else original
-    if original is not None and sent is not None:
+    if original is not None and sent_at_parsed is not None:
         try:
-            timestamp = received - (sent - original)
+            timestamp = received - (sent_at_parsed[0] - original)
         except OverflowError:  # a client clock millennia off: the server's time is the best guess
             timestamp = received
-    if original is not None:
-        event["originalTimestamp"] = utc_text(original)
-    if sent is not None:
-        event["sentAt"] = utc_text(sent)
+    if original_at is not None:
+        event["originalTimestamp"] = original_at[1]
+    if sent_at_parsed is not None:
+        event["sentAt"] = sent_at_parsed[1]
     # One request's events share receivedAt: its text is made once, by `accept`.
     received_text = received_text or utc_text(received)
     event["timestamp"] = received_text if timestamp is received else utc_text(timestamp)

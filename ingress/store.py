@@ -30,11 +30,11 @@ class RayEventStore:
     the one its partition key hashes to, so one user's events keep one log and order.
     """
 
-    def __init__(self, window_s: float, shards: int = 1) -> None:
+    def __init__(self, window_s: float, shards: int = 1, in_flight: int = 1) -> None:
         self._supervisor = ray.get_actor(SUPERVISOR_NAME, namespace=NAMESPACE)
         self._producers: dict[str, Any] = {}
         self.shards = shards
-        self.batcher = MicroBatcher(self._store, window_s=window_s)
+        self.batcher = MicroBatcher(self._store, window_s=window_s, max_in_flight=in_flight)
         self._stats: tuple[float, list[dict[str, Any]]] = (0.0, [])
 
     async def _store(self, log: str, payloads: list[bytes]) -> None:

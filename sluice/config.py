@@ -247,7 +247,9 @@ class Config:
     shards: int = 1  # producers per record type, by partition-key hash (for clusters)
     ingress_mode: str = "haproxy"  # or "direct", "proxy": Serve's Python proxy (README's table)
     proxy_location: str = "EveryNode"  # or "HeadOnly": where the public port is served
-    batch_window_s: float = 0.0  # extra wait before a micro-batch is sent; 0 adapts to load
+    # Micro-batching in each ingress replica, measured with `sluice bench` (README):
+    batch_in_flight: int = 1  # producer calls under way per record type; more events wait
+    batch_window_s: float = 0.005  # the wait that gathers concurrent requests into one call
     generated_key: bool = field(default=False, compare=False)
 
     @property
