@@ -90,16 +90,8 @@ class _Server:
 
     def kill(self) -> None:
         """SIGKILL the process and all its descendants; nothing is flushed."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(psutil.NoSuchProcess):
-            root = psutil.Process(self.process.pid)
-            victims = [root, *root.children(recursive=True)]
-            for proc in victims:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    proc.kill()
-            psutil.wait_procs(victims, timeout=30)
-        self.process.wait(30)
+        if self.process is not None:
+            kill_tree(self.process)
 
 
 class SluiceServer(_Server):
@@ -162,3 +154,17 @@ class BaselineServer(_Server):
     def __exit__(self, *exc: Any) -> None:
         with contextlib.suppress(BenchError):
             self.stop(10)
+
+
+def kill_tree(process: subprocess.Popen[Any]) -> None:
+    """SIGKILL `process` and all its descendants (a Ray it started included) and reap it."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(process.pid)
+        victims = [root, *root.children(recursive=True)]
+        for proc in victims:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(victims, timeout=30)
+    process.wait(30)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,13 +15,9 @@ from pathlib import Path
 import httpx
 import psutil
 
+from bench.servers import free_port, kill_tree
+
 WRITE_KEY = "test-write-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Service:
@@ -95,15 +90,8 @@ class Service:
 
     def kill(self) -> None:
         """SIGKILL the launcher and its session (Ray included); nothing is flushed."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        tree = psutil.Process(self.process.pid)
-        victims = [tree, *tree.children(recursive=True)]
-        for proc in victims:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        psutil.wait_procs(victims, timeout=30)
-        self.process.wait(30)
+        if self.process is not None:
+            kill_tree(self.process)
 
     def processes(self, title: str) -> list[psutil.Process]:
         """Processes of this service whose title (`ray::ClassName...`) starts with `title`."""
