@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tests.ingress.target import IngressTarget, in_process_target
+from tests.ingress.target import IngressTarget, in_process_target, service_target
 
 TYPES = ("track", "identify", "page", "screen", "group", "alias")
 POSTS = [f"/v1/{t}" for t in TYPES] + ["/v1/batch", "/v1/import"]
@@ -58,11 +58,17 @@ deep = st.integers(min_value=1, max_value=1500).map(
 )
 
 
-@pytest.fixture(scope="module")
-def ingress_target() -> Iterator[IngressTarget]:
-    """Where the garbage goes: the app in process (a real service can be added as a param)."""
-    with in_process_target() as target:
-        yield target
+@pytest.fixture(scope="module", params=["in-process", "service"])
+def ingress_target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[IngressTarget]:
+    """Where the garbage goes: the app in process, then the real service (Ray and all)."""
+    if request.param == "in-process":
+        with in_process_target() as target:
+            yield target
+    else:
+        with service_target(tmp_path_factory.mktemp("hostile")) as target:
+            yield target
 
 
 def valid_event(record_type: str, message_id: str | None = None) -> dict[str, Any]:
@@ -287,8 +293,16 @@ def test_random_headers_content_types_and_encodings(ingress_target: IngressTarge
         body = encode(
             {"batch": [valid_event("track")]} if path in POSTS[-2:] else valid_event("track")
         )
-        answer = ingress_target.client.post(path, content=body, headers=headers)
-        assert_clean(answer)
+        try:
+            answer = ingress_target.client.post(path, content=body, headers=headers)
+        except httpx.LocalProtocolError:
+            # Over real HTTP the client refuses to send an illegal header: nothing to test.
+            assume(not ingress_target.behind_haproxy)
+            raise
+        if giant and ingress_target.behind_haproxy:
+            assert answer.status_code in (400, 431), answer.status_code  # HAProxy's own page
+        else:
+            assert_clean(answer)
         alongside.send_valid()
 
     check()
