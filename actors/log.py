@@ -18,6 +18,8 @@ the files are read only when a log is reopened.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import secrets
 import struct
@@ -77,7 +79,10 @@ class SegmentLog:
         self._records: list[bytes] = []  # uncommitted records, from offset self._base
         self._times: list[float] = []  # when each record was appended (monotonic)
         self._base = 0
-        self._bytes = 0  # payload bytes held in self._records
+        # Running payload-byte position after each held record (and before the first), so
+        # sizes of ranges are a subtraction and cuts a bisection, never a walk.
+        self._ends: list[int] = []
+        self._base_pos = 0
         self._fd: int | None = None
         self.cursors: dict[str, Cursor] = {}
         self._batch_lines: dict[str, int] = {}
@@ -97,7 +102,7 @@ class SegmentLog:
 
     @property
     def held_bytes(self) -> int:
-        return self._bytes
+        return self._pos(self.end) - self._base_pos
 
     def read(self, start: int, end: int) -> list[bytes]:
         """Payloads of `[start, end)`; the range must still be held."""
@@ -114,15 +119,16 @@ class SegmentLog:
     def cut(self, start: int, max_events: int, max_bytes: int) -> int:
         """End of the largest range from `start` within both limits (at least one record)."""
         end = min(self.end, start + max_events)
-        size = 0
-        for i in range(start - self._base, end - self._base):
-            size += len(self._records[i])
-            if size > max_bytes and i > start - self._base:
-                return self._base + i
-        return end
+        limit = self._pos(start) + max_bytes
+        within = bisect.bisect_right(self._ends, limit, start - self._base, end - self._base)
+        return max(self._base + within, start + 1)
 
     def bytes_between(self, start: int, end: int) -> int:
-        return sum(len(r) for r in self._records[start - self._base : end - self._base])
+        return self._pos(end) - self._pos(start)
+
+    def _pos(self, offset: int) -> int:
+        """Payload-byte position just before `offset` (a held offset, or `end`)."""
+        return self._ends[offset - self._base - 1] if offset > self._base else self._base_pos
 
     # -- writing -------------------------------------------------------------------
 
@@ -132,9 +138,9 @@ class SegmentLog:
         Raises `LogFull` and stores nothing when the log is at capacity.
         """
         size = sum(len(p) for p in payloads)
-        if self._bytes + size > self.capacity_bytes and self._records:
+        if self.held_bytes + size > self.capacity_bytes and self._records:
             raise LogFull(
-                f"log {self.directory} holds {self._bytes} bytes of uncommitted events "
+                f"log {self.directory} holds {self.held_bytes} bytes of uncommitted events "
                 f"(capacity {self.capacity_bytes})"
             )
         first = self.end
@@ -149,9 +155,10 @@ class SegmentLog:
         segment.size += len(data)
         segment.end += len(payloads)
         now = time.monotonic()
+        position = self._pos(first)
         self._records.extend(payloads)
+        self._ends.extend(position + n for n in itertools.accumulate(map(len, payloads)))
         self._times.extend([now] * len(payloads))
-        self._bytes += size
         return first
 
     def commit(self, sink_id: str, offset: int) -> None:
@@ -223,8 +230,9 @@ class SegmentLog:
             segment.path.unlink(missing_ok=True)
         drop = committed - self._base
         if drop > 0 and (drop >= 4096 or drop == len(self._records)):
-            self._bytes -= sum(len(r) for r in self._records[:drop])
+            self._base_pos = self._ends[drop - 1]
             del self._records[:drop]
+            del self._ends[:drop]
             del self._times[:drop]
             self._base = committed
 
@@ -259,7 +267,7 @@ class SegmentLog:
         self._records = records
         now = time.monotonic()
         self._times = [now] * len(records)
-        self._bytes = sum(len(r) for r in records)
+        self._ends = list(itertools.accumulate(len(r) for r in records))
         if self._segments:
             last = self._segments[-1]
             self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)

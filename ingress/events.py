@@ -272,8 +272,10 @@ def enrich(
     original = original_at[0] if original_at else None
     timestamp = received if original is None else original
     if original is not None and sent_at_parsed is not None:
+        skew = sent_at_parsed[0] - original
         try:
-            timestamp = received - (sent_at_parsed[0] - original)
+            # No skew (an event sent as made, as most are): the request's own time and text.
+            timestamp = received - skew if skew else received
         except OverflowError:  # a client clock millennia off: the server's time is the best guess
             timestamp = received
     if original_at is not None:

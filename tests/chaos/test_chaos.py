@@ -30,8 +30,8 @@ import pytest
 
 from tests.aws import create_bucket, create_stream, read_parquet_tree, read_stream
 from tests.proxy import OutageProxy
-from tests.service import Service
-from tests.traffic import Traffic
+from tests.service import WRITE_KEY, Service
+from tests.traffic import Traffic, event
 
 pytestmark = pytest.mark.chaos
 
@@ -110,15 +110,13 @@ def test_chaos_loses_nothing_acknowledged(chaos: Chaos, capsys: pytest.CaptureFi
                 assert time.monotonic() < deadline, f"log never filled: {fast.statuses}"
                 time.sleep(0.2)
             health = httpx.get(f"{chaos.service.url}/health", timeout=10)
+            # Logs only fill while S3 is cut, so a batch of the same shape with larger
+            # events cannot fit where the fast one just did not (a small one still might).
+            probe = [event(traffic.prefix + "-probe", n, pad=3000) for n in range(150)]
             answer = httpx.post(
                 f"{chaos.service.url}/v1/batch",
-                json={
-                    "batch": [
-                        {"type": t, "userId": "u", "event": "e", "properties": {"pad": "x" * 2000}}
-                        for t in ("track", "page")
-                    ]
-                },
-                auth=("test-write-key", ""),
+                json={"batch": probe},
+                auth=(WRITE_KEY, ""),
                 timeout=10,
             )
         assert health.status_code == 503 and "full" in health.json()["reason"], health.text
