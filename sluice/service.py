@@ -110,6 +110,8 @@ def serve_environment(config: Config) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(run_dir / "server-state"),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",  # Sluice's own /metrics covers ingress
+        # Bound even when disabled, on 0.0.0.0:9101 by default: a second Sluice would fail.
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
         "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",  # idle or stalled clients are cut
     }
 
