@@ -36,6 +36,8 @@ _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
 #: Ids are strings; integers are taken too (as text) up to JavaScript's safe 2**53 - 1,
 #: past which JSON parsers lose digits silently.
 MAX_ID_INT = 2**53 - 1
+#: Longest time text taken; ISO-8601 with microseconds and an offset is 32 characters.
+MAX_TIME_CHARS = 64
 # Top-level batch fields Segment's SDKs send and that apply to every event.
 _BATCH_DEFAULTS = ("context", "integrations")
 
@@ -164,6 +166,8 @@ def _parse_time(value: Any, name: str) -> tuple[datetime, str] | None:
         return None
     if not isinstance(value, str):
         raise _Invalid("invalid_timestamp", f"{name} must be an ISO-8601 string")
+    if len(value) > MAX_TIME_CHARS:  # never a cache key: 4,096 of 32 KB would hold 128 MB
+        raise _Invalid("invalid_timestamp", f"{name} {_clip(value)} is not ISO-8601")
     parsed = _parsed_time(value)
     if parsed is None:
         raise _Invalid("invalid_timestamp", f"{name} {_clip(value)} is not ISO-8601")

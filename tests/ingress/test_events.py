@@ -34,6 +34,7 @@ def stored(parsed: events.Parsed, record_type: str) -> list[dict[str, object]]:
         ("identify", {"userId": True}, "invalid_field"),
         ("identify", {"userId": "u", "traits": [1]}, "invalid_field"),
         ("page", {"userId": "u", "timestamp": "yesterday"}, "invalid_timestamp"),
+        ("page", {"userId": "u", "timestamp": "2026-01-01" + " " * 100}, "invalid_timestamp"),
     ],
 )
 def test_required_fields_per_type(record_type: str, event: dict[str, object], code: str) -> None:
@@ -146,3 +147,11 @@ def test_bad_json_bodies(body: bytes) -> None:
     with pytest.raises(IngressError) as info:
         events.parse_json(body)
     assert info.value.status == 400 and info.value.code == "invalid_json"
+
+
+def test_long_time_texts_are_refused_without_being_cached() -> None:
+    before = events._parsed_time.cache_info().currsize
+    for n in range(50):
+        parsed = accept_one({"userId": "u", "timestamp": f"{n}" + "x" * 30_000}, "page")
+        assert [r.code for r in parsed.rejected] == ["invalid_timestamp"]
+    assert events._parsed_time.cache_info().currsize == before
