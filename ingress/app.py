@@ -35,9 +35,12 @@ _JSON_TYPES = ("application/json", "text/plain")  # text/plain: browsers' sendBe
 
 
 class EventStore(Protocol):
-    """Where accepted events go. `append` returns once they are stored durably."""
+    """Where accepted events go. `append` returns once they are stored durably.
 
-    async def append(self, record_type: str, payloads: list[bytes]) -> None: ...
+    `bulk`: the events came in a batch request, whose sender can wait a little longer.
+    """
+
+    async def append(self, record_type: str, payloads: list[bytes], bulk: bool = False) -> None: ...
 
     async def stats(self) -> list[dict[str, Any]]: ...
 
@@ -178,11 +181,11 @@ def build_app(config: Config, store: EventStore) -> Starlette:
         body = b"".join(chunks)
         return events.decompress(body, request.headers.get("content-encoding", ""), limit)
 
-    async def store_parsed(parsed: events.Parsed, source: str) -> None:
+    async def store_parsed(parsed: events.Parsed, source: str, bulk: bool) -> None:
         letters = events.deadletters(parsed, source)
-        calls = [store.append(kind, payloads) for kind, payloads in parsed.by_type.items()]
+        calls = [store.append(kind, payloads, bulk) for kind, payloads in parsed.by_type.items()]
         if letters and config.deadletter_sink is not None:
-            calls.append(store.append(DEADLETTER, letters))
+            calls.append(store.append(DEADLETTER, letters, bulk))
         results = await asyncio.gather(*calls, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
@@ -234,7 +237,7 @@ def build_app(config: Config, store: EventStore) -> Starlette:
             )
             for r in parsed.rejected:
                 rejected.labels(r.code).inc()
-            await store_parsed(parsed, source)
+            await store_parsed(parsed, source, bulk=record_type is None)
             if record_type is not None and parsed.rejected:
                 single = _described(parsed.rejected[0])
                 del single["index"]

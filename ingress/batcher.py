@@ -3,9 +3,11 @@ them with one actor call per batch. Every request waits for the call that carrie
 events, so it is answered only once they are in the producer's log.
 
 Batching adapts to load, as a group commit does: with no call in flight a request's
-events go after `window_s` (gathering the requests that arrive meanwhile); while
+events go after its window (gathering the requests that arrive meanwhile); while
 `max_in_flight` calls are under way, events pile up for the next one. Each actor call
 costs both sides about a millisecond of CPU, so fewer, larger calls is what scales.
+A request may bring its own window (batch requests wait longer than single events); a
+gathering call goes at the earliest deadline of the requests in it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ class _Pending:
     def __init__(self) -> None:
         self.payloads: list[bytes] = []
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def send_by(self, due: float, flush: Callable[[], None]) -> None:
+        """Make sure `flush` runs at `due` (loop time) at the latest."""
+        if self.timer is not None:
+            if self.timer.when() <= due:
+                return
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_at(due, flush)
 
 
 class MicroBatcher:
@@ -41,23 +52,33 @@ class MicroBatcher:
         self._in_flight: collections.Counter[str] = collections.Counter()
         self.calls = 0
 
-    async def append(self, record_type: str, payloads: list[bytes]) -> None:
-        """Returns once `payloads` are stored; raises what storing raised."""
+    async def append(
+        self, record_type: str, payloads: list[bytes], window_s: float | None = None
+    ) -> None:
+        """Returns once `payloads` are stored; raises what storing raised.
+
+        `window_s` (default: the batcher's) is the longest these events wait to be
+        gathered with others before their call goes, when no call is in flight.
+        """
         pending = self._pending.get(record_type)
         if pending is None:
             pending = self._pending[record_type] = _Pending()
-            if self._in_flight[record_type] < self.max_in_flight:
-                loop = asyncio.get_running_loop()
-                loop.call_later(self.window_s, self._flush, record_type, pending)
         pending.payloads.extend(payloads)
         if len(pending.payloads) >= self.max_events:
             self._flush(record_type, pending)
+        elif self._in_flight[record_type] < self.max_in_flight:
+            due = asyncio.get_running_loop().time() + (
+                self.window_s if window_s is None else window_s
+            )
+            pending.send_by(due, lambda: self._flush(record_type, pending))
         await asyncio.shield(pending.done)
 
     def _flush(self, record_type: str, pending: _Pending) -> None:
         if self._pending.get(record_type) is not pending:
             return  # already sent
         del self._pending[record_type]
+        if pending.timer is not None:
+            pending.timer.cancel()
         self._in_flight[record_type] += 1
         asyncio.get_running_loop().create_task(self._send(record_type, pending))
 

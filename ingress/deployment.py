@@ -19,7 +19,12 @@ class Ingress:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.store = RayEventStore(config.batch_window_s, config.shards, config.batch_in_flight)
+        self.store = RayEventStore(
+            config.batch_window_s,
+            config.shards,
+            config.batch_in_flight,
+            bulk_window_s=config.batch_request_window_s,
+        )
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_app(self.config, self.store)

@@ -30,10 +30,17 @@ class RayEventStore:
     the one its partition key hashes to, so one user's events keep one log and order.
     """
 
-    def __init__(self, window_s: float, shards: int = 1, in_flight: int = 1) -> None:
+    def __init__(
+        self,
+        window_s: float,
+        shards: int = 1,
+        in_flight: int = 1,
+        bulk_window_s: float | None = None,
+    ) -> None:
         self._supervisor = ray.get_actor(SUPERVISOR_NAME, namespace=NAMESPACE)
         self._producers: dict[str, Any] = {}
         self.shards = shards
+        self.bulk_window_s = window_s if bulk_window_s is None else bulk_window_s
         self.batcher = MicroBatcher(self._store, window_s=window_s, max_in_flight=in_flight)
         self._stats: tuple[float, list[dict[str, Any]]] = (0.0, [])
 
@@ -53,11 +60,12 @@ class RayEventStore:
             logs.setdefault(model.log_name(record_type, shard, self.shards), []).append(payload)
         return logs
 
-    async def append(self, record_type: str, payloads: list[bytes]) -> None:
+    async def append(self, record_type: str, payloads: list[bytes], bulk: bool = False) -> None:
+        window_s = self.bulk_window_s if bulk else None
         try:
             await asyncio.gather(
                 *(
-                    self.batcher.append(log, part)
+                    self.batcher.append(log, part, window_s)
                     for log, part in self._by_log(record_type, payloads).items()
                 )
             )

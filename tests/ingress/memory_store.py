@@ -17,7 +17,7 @@ class MemoryEventStore:
         self.payloads: dict[str, list[bytes]] = {}
         self.capacity_events = capacity_events
 
-    async def append(self, record_type: str, payloads: list[bytes]) -> None:
+    async def append(self, record_type: str, payloads: list[bytes], bulk: bool = False) -> None:
         held = self.payloads.setdefault(record_type, [])
         if len(held) + len(payloads) > self.capacity_events:
             raise IngressError(

@@ -76,3 +76,23 @@ def test_full_batch_is_sent_before_the_window_ends() -> None:
     assert sizes == [5]
     with pytest.raises(TimeoutError):
         asyncio.run(asyncio.wait_for(MicroBatcher(store, window_s=10).append("t", [b"x"]), 0.05))
+
+
+def test_a_call_goes_at_the_earliest_window_of_its_requests() -> None:
+    calls: list[tuple[float, int]] = []
+
+    async def store(record_type: str, payloads: list[bytes]) -> None:
+        calls.append((asyncio.get_running_loop().time(), len(payloads)))
+
+    async def main() -> float:
+        batcher = MicroBatcher(store, window_s=0.005)
+        start = asyncio.get_running_loop().time()
+        slow = asyncio.ensure_future(batcher.append("track", [b"bulk"] * 3, window_s=30))
+        await asyncio.sleep(0.05)
+        assert not calls  # a bulk request alone waits for its own, longer window
+        await asyncio.wait_for(asyncio.gather(slow, batcher.append("track", [b"single"])), 5)
+        return start
+
+    start = asyncio.run(main())
+    assert [size for _, size in calls] == [4]  # one call carried both requests
+    assert calls[0][0] - start < 5
