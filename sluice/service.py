@@ -95,14 +95,17 @@ def serve_environment(config: Config) -> dict[str, str]:
     """
     if config.ingress_mode not in ("haproxy", "direct", "proxy"):
         raise StartupError(f"ingress_mode {config.ingress_mode!r}: use haproxy, direct or proxy")
+    # Our handlers on the replica's own event loop, not a second thread's: the two
+    # threads took turns at the GIL on every request (README, "Ingress modes").
+    common = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
     if config.ingress_mode == "proxy":
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+        return common | {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
     if config.ingress_mode == "direct":
         # Serve's proxy on the public port, and every replica also serves HTTP itself.
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+        return common | {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
     run_dir = Path(tempfile.gettempdir()) / f"sluice-{config.port}" / "haproxy"
     run_dir.mkdir(parents=True, exist_ok=True)
-    return {
+    return common | {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(run_dir / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(run_dir / "admin.sock"),
