@@ -22,14 +22,18 @@ class _Pending:
     def __init__(self) -> None:
         self.payloads: list[bytes] = []
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.Handle | None = None
+        self.due = float("inf")
 
     def send_by(self, due: float, flush: Callable[[], None]) -> None:
         """Make sure `flush` runs at `due` (loop time) at the latest."""
+        # The due time is kept here: for a time already reached, uvloop's `call_at`
+        # returns a plain `Handle`, which has no `when()`.
+        if self.due <= due:
+            return
         if self.timer is not None:
-            if self.timer.when() <= due:
-                return
             self.timer.cancel()
+        self.due = due
         self.timer = asyncio.get_running_loop().call_at(due, flush)
 
 

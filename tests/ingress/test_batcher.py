@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import uvloop
 
 from ingress.batcher import MicroBatcher
 
@@ -96,3 +97,20 @@ def test_a_call_goes_at_the_earliest_window_of_its_requests() -> None:
     start = asyncio.run(main())
     assert [size for _, size in calls] == [4]  # one call carried both requests
     assert calls[0][0] - start < 5
+
+
+def test_a_zero_window_works_on_uvloop() -> None:
+    # Ray Serve's replicas run on uvloop, where `call_at` for a time already reached
+    # returns a `Handle` without `when()`: requests joining a pending call must not need it.
+    calls: list[int] = []
+
+    async def store(record_type: str, payloads: list[bytes]) -> None:
+        calls.append(len(payloads))
+
+    async def main() -> None:
+        batcher = MicroBatcher(store, window_s=0.0)
+        await asyncio.gather(*(batcher.append("track", [b"x"]) for _ in range(10)))
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+    assert sum(calls) == 10
