@@ -280,6 +280,34 @@ class Config:
         return not str(self.log_path.resolve()).startswith("/dev/shm")
 
 
+# Numeric settings: (integers only, smallest allowed value, whether it may equal it).
+_NUMBERS: dict[str, tuple[bool, float, bool]] = {
+    "body_timeout_s": (False, 0, False),
+    "log_capacity_bytes": (True, 1, True),
+    "segment_bytes": (True, 1, True),
+    "ingress_replicas": (True, 1, True),
+    "max_replicas_per_node": (True, 1, True),
+    "shards": (True, 1, True),
+    "batch_in_flight": (True, 1, True),
+    "batch_window_s": (False, 0, True),
+    "batch_request_window_s": (False, 0, True),
+}
+
+
+def _check_numbers(settings: dict[str, Any]) -> None:
+    """Refuse a numeric setting of the wrong kind or range now, not in a replica later."""
+    for name, (integer, least, inclusive) in _NUMBERS.items():
+        if name not in settings or (name == "max_replicas_per_node" and settings[name] is None):
+            continue
+        value = settings[name]
+        kinds = int if integer else int | float
+        number = not isinstance(value, bool) and isinstance(value, kinds)
+        if not number or not (value >= least if inclusive else value > least):
+            kind = "a whole number" if integer else "a number"
+            bound = f">= {least:g}" if inclusive else f"> {least:g}"
+            raise ConfigError(f"{name} must be {kind} {bound}, got {value!r}")
+
+
 def load(
     config_file: str | None = None,
     *,
@@ -379,10 +407,8 @@ def load(
             f"unknown config setting(s) {sorted(unknown)}; known: {sorted(known | set(merged))}"
         )
     settings = {k: v for k, v in data.items() if k in known}
+    _check_numbers(settings)
     config = Config(**settings)
-    timeout = config.body_timeout_s
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise ConfigError(f"body_timeout_s must be a number of seconds > 0, got {timeout!r}")
     chosen_log_dir = log_dir or config.log_dir
     if chosen_log_dir:
         chosen_log_dir = str((base / chosen_log_dir).resolve())

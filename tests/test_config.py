@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,30 @@ def test_mistakes_get_a_message_that_says_what_to_do(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         config.load(base_dir=tmp_path, environ={}, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("batch_in_flight: 0", "batch_in_flight must be a whole number >= 1, got 0"),
+        ("batch_window_s: 5ms", "batch_window_s must be a number >= 0, got '5ms'"),
+        ("batch_request_window_s: -1", "batch_request_window_s must be a number >= 0"),
+        ("shards: 1.5", "shards must be a whole number >= 1"),
+        ("ingress_replicas: true", "ingress_replicas must be a whole number >= 1"),
+        ("log_capacity_bytes: 0", "log_capacity_bytes must be a whole number >= 1"),
+        ("body_timeout_s: 0", "body_timeout_s must be a number > 0"),
+    ],
+)
+def test_numeric_settings_are_checked_at_load(tmp_path: Path, text: str, message: str) -> None:
+    # batch_in_flight: 0, say, would otherwise leave every request waiting for ever.
+    path = tmp_path / "sluice.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.load(str(path), base_dir=tmp_path, environ={})
+
+
+def test_numeric_settings_in_range_load(tmp_path: Path) -> None:
+    path = tmp_path / "sluice.yaml"
+    path.write_text("batch_window_s: 0\nbatch_in_flight: 2\nmax_replicas_per_node: null\n")
+    cfg = config.load(str(path), base_dir=tmp_path, environ={})
+    assert (cfg.batch_window_s, cfg.batch_in_flight, cfg.max_replicas_per_node) == (0, 2, None)
