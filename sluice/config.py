@@ -297,7 +297,8 @@ _NUMBERS: dict[str, tuple[bool, float, bool]] = {
 def _check_numbers(settings: dict[str, Any]) -> None:
     """Refuse a numeric setting of the wrong kind or range now, not in a replica later."""
     for name, (integer, least, inclusive) in _NUMBERS.items():
-        if name not in settings or (name == "max_replicas_per_node" and settings[name] is None):
+        optional = Config.__dataclass_fields__[name].default is None
+        if name not in settings or (optional and settings[name] is None):
             continue
         value = settings[name]
         kinds = int if integer else int | float
