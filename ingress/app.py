@@ -1,10 +1,11 @@
-"""The Starlette app: Segment's HTTP tracking API, `/health`, `/metrics`, `/openapi.json`.
+"""The Starlette app: Segment's HTTP tracking API, the settings analytics.js loads,
+`/health`, `/metrics`, `/openapi.json`.
 
-The app knows nothing of Ray: it hands accepted events to an `EventStore`
-(`ingress.store.RayEventStore` in the service) and answers 200 once the store has them.
-Per request: header size, content type, body size and read time, JSON, write key
-(which names the source), the source's rate limit, then each event's validation, the
-source's allowed record types and tracking plan.
+The app knows nothing of Ray: it hands accepted events to an `EventStore` and answers
+200 once the store has them. Per request: header size, content type, body size and read
+time, JSON, write key (which names the source), the source's origins and rate limit,
+then each event's validation, the source's allowed record types and tracking plan.
+Everything the endpoints share lives in one `IngressState` on `app.state.ingress`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingress import events
+from ingress import cdn, events
 from ingress.auth import WriteKeys
+from ingress.cors import CorsPolicy
 from ingress.events import IngressError, Rejection
 from ingress.openapi import openapi_document
 from ingress.plans import TrackingPlan
@@ -32,6 +34,18 @@ from sluice.config import Config
 from sluice.model import DEADLETTER, RecordType
 
 _JSON_TYPES = ("application/json", "text/plain")  # text/plain: browsers' sendBeacon
+
+#: Path name under /v1/ -> the record type it takes, or "batch". The one-letter names are
+#: what analytics.js posts to.
+ENDPOINTS: dict[str, str] = {
+    **{t.value: t.value for t in RecordType},
+    **{t.value[0]: t.value for t in RecordType},
+    "batch": "batch",
+    "import": "batch",
+    "b": "batch",
+}
+
+SETTINGS_PATH = "/v1/projects/{write_key}/settings"
 
 
 class EventStore(Protocol):
@@ -64,13 +78,27 @@ def _described(r: Rejection) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class _SourceRules:
+class SourceRules:
     """What one source may send, built once per replica from its `sluice.config.Source`."""
 
     allowed_types: frozenset[str] | None
     bucket: TokenBucket | None  # per replica: see ingress/ratelimit.py
     plan: TrackingPlan | None
     reject_violations: bool
+
+    @classmethod
+    def for_config(cls, config: Config) -> dict[str, SourceRules]:
+        plan = TrackingPlan.compile(config.tracking_plan_files) if config.tracking_plans else None
+        rules = {}
+        for source in config.sources:
+            limit = source.rate_limit
+            rules[source.name] = cls(
+                allowed_types=frozenset(source.record_types) if source.record_types else None,
+                bucket=TokenBucket(limit.events_per_s, limit.burst) if limit else None,
+                plan=plan if source.tracking_plan != "off" else None,
+                reject_violations=source.tracking_plan == "reject",
+            )
+        return rules
 
 
 class _StoreCollector:
@@ -110,210 +138,339 @@ class _StoreCollector:
         yield from (stored, in_log, committed, retries, dead)
 
 
-def build_app(config: Config, store: EventStore) -> Starlette:
-    """The ingress ASGI app for `config`, storing through `store`."""
-    keys = WriteKeys(config.write_keys)
-    plan = TrackingPlan.compile(config.tracking_plan_files) if config.tracking_plans else None
-    rules: dict[str, _SourceRules] = {}
-    for key in config.write_keys:
-        source = config.source(key.source)
-        limit = source.rate_limit
-        rules[source.name] = _SourceRules(
-            allowed_types=frozenset(source.record_types) if source.record_types else None,
-            bucket=TokenBucket(limit.events_per_s, limit.burst) if limit else None,
-            plan=plan if source.tracking_plan != "off" else None,
-            reject_violations=source.tracking_plan == "reject",
+class Metrics:
+    """The replica's Prometheus registry: its own counters and the store's gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "sluice_http_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry
         )
-    openapi = orjson.dumps(openapi_document())
-    registry = CollectorRegistry()
-    requests = Counter(
-        "sluice_http_requests", "HTTP requests", ["endpoint", "status"], registry=registry
+        self.accepted = Counter(
+            "sluice_events_accepted", "Events answered 200", ["type"], registry=self.registry
+        )
+        self.rejected = Counter(
+            "sluice_events_rejected",
+            "Events refused by validation",
+            ["code"],
+            registry=self.registry,
+        )
+        self.sdk_metrics = Counter(
+            "sluice_sdk_metrics_reports",
+            "Delivery-metrics reports analytics.js posted to /v1/m (not stored as events)",
+            registry=self.registry,
+        )
+        self.store = _StoreCollector()
+        self.registry.register(self.store)
+
+
+class IngressState:
+    """What every endpoint of one replica shares."""
+
+    def __init__(self, config: Config, store: EventStore) -> None:
+        self.config = config
+        self.store = store
+        self.keys = WriteKeys(config.write_keys)
+        self.rules = SourceRules.for_config(config)
+        self.cors = CorsPolicy(config.sources)
+        self.metrics = Metrics()
+        self.openapi = orjson.dumps(openapi_document())
+
+
+def _state(request: Request) -> IngressState:
+    state: IngressState = request.app.state.ingress
+    return state
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request's JSON body, decompressed, within `limit` bytes and `timeout_s`."""
+    header_bytes = sum(len(k) + len(v) for k, v in request.scope["headers"])
+    if header_bytes > events.MAX_HEADER_BYTES:
+        raise IngressError(
+            431,
+            "headers_too_large",
+            f"request headers take {header_bytes} bytes; the limit is {events.MAX_HEADER_BYTES}",
+        )
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
+        raise IngressError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {content_type[:100] or '(none)'!r} is not accepted; "
+            "send application/json",
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise IngressError(
+            413, "payload_too_large", f"body is {declared} bytes; the limit is {limit}"
+        )
+    chunks = []
+    size = 0
+    try:
+        # A client trickling its body (slowloris) holds a connection: bound the wait.
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise IngressError(413, "payload_too_large", f"body exceeds {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise IngressError(
+            408, "request_timeout", f"the request body took longer than {timeout_s:g}s to arrive"
+        ) from None
+    except ClientDisconnect:
+        raise IngressError(
+            400, "client_disconnected", "the client went away before sending its body"
+        ) from None
+    body = b"".join(chunks)
+    return events.decompress(body, request.headers.get("content-encoding", ""), limit)
+
+
+def _client_ip(request: Request) -> str | None:
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded:
+        return forwarded.split(",")[0].strip()
+    return request.client.host if request.client else None
+
+
+def _events_of(data: dict[str, Any], endpoint: str) -> tuple[list[Any], str | None]:
+    """The events of a request and their record type (None: each event's own `type`)."""
+    if endpoint != "batch":
+        return [data], endpoint
+    items = data.get("batch")
+    if not isinstance(items, list):
+        raise IngressError(400, "invalid_batch", "'batch' must be a list of events")
+    if len(items) > events.MAX_BATCH_EVENTS:
+        raise IngressError(
+            400,
+            "too_many_events",
+            f"batch holds {len(items)} events; the limit is {events.MAX_BATCH_EVENTS}",
+        )
+    return items, None
+
+
+def _check_rate(rule: SourceRules, count: int) -> None:
+    bucket = rule.bucket
+    wait_s = bucket.take(count) if bucket else 0.0
+    if bucket and wait_s:
+        raise IngressError(
+            429,
+            "rate_limited",
+            f"this source may send {bucket.rate:g} events/s (bursts of {bucket.burst:g}); "
+            "retry after the Retry-After seconds",
+            {"Retry-After": retry_after(wait_s)},
+        )
+
+
+def _check_origin(state: IngressState, origin: str | None, source: str) -> None:
+    if origin and not state.cors.allows(origin, source):
+        raise IngressError(
+            403,
+            "origin_not_allowed",
+            f"source {source} does not accept events from {origin[:200]}; "
+            "add it to the source's allowed_origins",
+        )
+
+
+async def _store(state: IngressState, parsed: events.Parsed, source: str, bulk: bool) -> None:
+    letters = events.deadletters(parsed, source)
+    calls = [state.store.append(kind, payloads, bulk) for kind, payloads in parsed.by_type.items()]
+    if letters and state.config.deadletter_sink is not None:
+        calls.append(state.store.append(DEADLETTER, letters, bulk))
+    for result in await asyncio.gather(*calls, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
+
+
+def _answer(state: IngressState, parsed: events.Parsed, single: bool) -> tuple[int, dict[str, Any]]:
+    """Status and body once the accepted events are stored."""
+    if single and parsed.rejected:
+        described = _described(parsed.rejected[0])
+        del described["index"]
+        return 400, {"success": False, **described}
+    if parsed.rejected and not parsed.accepted:
+        return 400, {
+            "success": False,
+            "code": "invalid_events",
+            "message": "no event in the batch is valid",
+            "rejected": [_described(r) for r in parsed.rejected],
+        }
+    for kind, payloads in parsed.by_type.items():
+        state.metrics.accepted.labels(kind).inc(len(payloads))
+    answer: dict[str, Any] = {"success": True}
+    if parsed.rejected:
+        answer["rejected"] = [_described(r) for r in parsed.rejected]
+    return 200, answer
+
+
+async def _ingest(state: IngressState, request: Request, endpoint: str) -> Response:
+    limit = events.MAX_BATCH_BYTES if endpoint == "batch" else events.MAX_EVENT_BYTES
+    body = await read_body(request, limit, state.config.body_timeout_s)
+    data = events.parse_json(body)
+    source = state.keys.source_of(request.headers.get("authorization"), data)
+    _check_origin(state, request.headers.get("origin"), source)
+    rule = state.rules[source]
+    items, record_type = _events_of(data, endpoint)
+    _check_rate(rule, len(items))
+    parsed = events.accept(
+        items,
+        record_type=record_type,
+        source=source,
+        ip=_client_ip(request),
+        defaults=data,
+        allowed_types=rule.allowed_types,
+        plan=rule.plan,
+        reject_violations=rule.reject_violations,
     )
-    accepted = Counter("sluice_events_accepted", "Events answered 200", ["type"], registry=registry)
-    rejected = Counter(
-        "sluice_events_rejected", "Events refused by validation", ["code"], registry=registry
-    )
-    store_metrics = _StoreCollector()
-    registry.register(store_metrics)
+    for r in parsed.rejected:
+        state.metrics.rejected.labels(r.code).inc()
+    await _store(state, parsed, source, bulk=record_type is None)
+    status, answer = _answer(state, parsed, single=record_type is not None)
+    return json_response(status, answer)
 
-    async def read_body(request: Request, limit: int) -> bytes:
-        header_bytes = sum(len(k) + len(v) for k, v in request.scope["headers"])
-        if header_bytes > events.MAX_HEADER_BYTES:
-            raise IngressError(
-                431,
-                "headers_too_large",
-                f"request headers take {header_bytes} bytes; the limit is "
-                f"{events.MAX_HEADER_BYTES}",
-            )
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
-            raise IngressError(
-                415,
-                "unsupported_media_type",
-                f"Content-Type {content_type[:100] or '(none)'!r} is not accepted; "
-                "send application/json",
-            )
-        declared = request.headers.get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > limit:
-            raise IngressError(
-                413, "payload_too_large", f"body is {declared} bytes; the limit is {limit}"
-            )
-        chunks = []
-        size = 0
-        try:
-            # A client trickling its body (slowloris) holds a connection: bound the wait.
-            async with asyncio.timeout(config.body_timeout_s):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        raise IngressError(413, "payload_too_large", f"body exceeds {limit} bytes")
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise IngressError(
-                408,
-                "request_timeout",
-                f"the request body took longer than {config.body_timeout_s:g}s to arrive",
-            ) from None
-        except ClientDisconnect:
-            raise IngressError(
-                400, "client_disconnected", "the client went away before sending its body"
-            ) from None
-        body = b"".join(chunks)
-        return events.decompress(body, request.headers.get("content-encoding", ""), limit)
 
-    async def store_parsed(parsed: events.Parsed, source: str, bulk: bool) -> None:
-        letters = events.deadletters(parsed, source)
-        calls = [store.append(kind, payloads, bulk) for kind, payloads in parsed.by_type.items()]
-        if letters and config.deadletter_sink is not None:
-            calls.append(store.append(DEADLETTER, letters, bulk))
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+def _with_cors(state: IngressState, request: Request, response: Response) -> Response:
+    origin = request.headers.get("origin")
+    if origin and response.status_code != 403 and state.cors.allows(origin):
+        response.headers.update(state.cors.headers(origin))
+    return response
 
-    async def ingest(request: Request, endpoint: str) -> Response:
-        limit = events.MAX_BATCH_BYTES if endpoint == "batch" else events.MAX_EVENT_BYTES
-        try:
-            body = await read_body(request, limit)
-            data = events.parse_json(body)
-            source = keys.source_of(request.headers.get("authorization"), data)
-            rule = rules[source]
-            if endpoint == "batch":
-                items = data.get("batch")
-                if not isinstance(items, list):
-                    raise IngressError(400, "invalid_batch", "'batch' must be a list of events")
-                if len(items) > events.MAX_BATCH_EVENTS:
-                    raise IngressError(
-                        400,
-                        "too_many_events",
-                        f"batch holds {len(items)} events; the limit is {events.MAX_BATCH_EVENTS}",
-                    )
-                record_type = None
-            else:
-                items, record_type = [data], endpoint
-            bucket = rule.bucket
-            wait_s = bucket.take(len(items)) if bucket else 0.0
-            if bucket and wait_s:
-                raise IngressError(
-                    429,
-                    "rate_limited",
-                    f"this source may send {bucket.rate:g} events/s (bursts of {bucket.burst:g}); "
-                    "retry after the Retry-After seconds",
-                    {"Retry-After": retry_after(wait_s)},
-                )
-            ip = request.client.host if request.client else None
-            forwarded = request.headers.get("x-forwarded-for")
-            if forwarded:
-                ip = forwarded.split(",")[0].strip()
-            parsed = events.accept(
-                items,
-                record_type=record_type,
-                source=source,
-                ip=ip,
-                defaults=data,
-                allowed_types=rule.allowed_types,
-                plan=rule.plan,
-                reject_violations=rule.reject_violations,
-            )
-            for r in parsed.rejected:
-                rejected.labels(r.code).inc()
-            await store_parsed(parsed, source, bulk=record_type is None)
-            if record_type is not None and parsed.rejected:
-                single = _described(parsed.rejected[0])
-                del single["index"]
-                requests.labels(endpoint, "400").inc()
-                return json_response(400, {"success": False, **single})
-            if parsed.rejected and not parsed.accepted:
-                body_out = {
-                    "success": False,
-                    "code": "invalid_events",
-                    "message": "no event in the batch is valid",
-                    "rejected": [_described(r) for r in parsed.rejected],
-                }
-                requests.labels(endpoint, "400").inc()
-                return json_response(400, body_out)
-            for kind, payloads in parsed.by_type.items():
-                accepted.labels(kind).inc(len(payloads))
-            answer: dict[str, Any] = {"success": True}
-            if parsed.rejected:
-                answer["rejected"] = [_described(r) for r in parsed.rejected]
-            requests.labels(endpoint, "200").inc()
-            return json_response(200, answer)
-        except IngressError as exc:
-            requests.labels(endpoint, str(exc.status)).inc()
-            return error_response(exc)
 
-    def endpoint_for(name: str) -> Any:
-        async def handler(request: Request) -> Response:
-            return await ingest(request, name)
+async def ingest(request: Request) -> Response:
+    """POST /v1/{track,identify,...,batch,import} and analytics.js's /v1/{t,i,p,s,g,a,b}."""
+    state = _state(request)
+    endpoint = ENDPOINTS[request.url.path.rpartition("/")[2]]
+    try:
+        response = await _ingest(state, request, endpoint)
+    except IngressError as exc:
+        response = error_response(exc)
+    state.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+    return _with_cors(state, request, response)
 
-        handler.__name__ = f"post_{name}"
-        return handler
 
-    async def health(request: Request) -> Response:
-        try:
-            stats = await asyncio.wait_for(store.stats(), 5.0)
-        except Exception as exc:
-            return json_response(
-                503, {"status": "unavailable", "reason": f"{type(exc).__name__}: {exc}"}
-            )
-        full = [s["record_type"] for s in stats if s["held_bytes"] >= s["capacity_bytes"] * 0.95]
-        body = {"status": "full" if full else "ok", "types": {s["log"]: s for s in stats}}
-        if full:
-            body["reason"] = f"log full for {', '.join(full)}: a sink is behind or down"
-            return json_response(503, body, {"Retry-After": "5"})
-        return json_response(200, body)
-
-    async def metrics(request: Request) -> Response:
-        try:
-            store_metrics.latest = await asyncio.wait_for(store.stats(), 5.0)
-        except Exception:
-            store_metrics.latest = []
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
-
-    async def openapi_json(request: Request) -> Response:
-        return Response(openapi, media_type="application/json")
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        status = exc.status_code if isinstance(exc, HTTPException) else 500
-        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "error")
-        headers = exc.headers if isinstance(exc, HTTPException) else None  # 405: Allow
+async def preflight(request: Request) -> Response:
+    """OPTIONS on the ingestion paths: the CORS preflight a browser sends first."""
+    state = _state(request)
+    origin = request.headers.get("origin")
+    if not origin or not state.cors.allows(origin):
         return json_response(
-            status,
+            403,
             {
                 "success": False,
-                "code": code,
-                "message": f"{request.method} {request.url.path[:200]}: {code.replace('_', ' ')}",
+                "code": "origin_not_allowed",
+                "message": f"no source accepts events from {str(origin)[:200]}",
             },
-            dict(headers) if headers else None,
         )
+    requested = request.headers.get("access-control-request-headers", "")
+    return Response(status_code=204, headers=state.cors.preflight_headers(origin, requested))
 
-    routes = [Route(f"/v1/{t.value}", endpoint_for(t.value), methods=["POST"]) for t in RecordType]
+
+async def sdk_metrics(request: Request) -> Response:
+    """POST /v1/m: analytics.js's own delivery metrics. Counted; not an event."""
+    state = _state(request)
+    try:
+        await read_body(request, events.MAX_EVENT_BYTES, state.config.body_timeout_s)
+    except IngressError as exc:
+        return _with_cors(state, request, error_response(exc))
+    state.metrics.sdk_metrics.inc()
+    return _with_cors(state, request, json_response(200, {"success": True}))
+
+
+async def project_settings(request: Request) -> Response:
+    """GET /v1/projects/{writeKey}/settings: what analytics.js loads from its CDN."""
+    state = _state(request)
+    key = request.path_params["write_key"]
+    source = state.keys.known(key)
+    if source is None:
+        response = json_response(
+            404,
+            {"success": False, "code": "unknown_write_key", "message": "no such write key here"},
+        )
+        return _with_cors(state, request, response)
+    origin = request.headers.get("origin")
+    if origin and not state.cors.allows(origin, source):
+        return json_response(
+            403,
+            {
+                "success": False,
+                "code": "origin_not_allowed",
+                "message": f"source {source} does not accept {origin[:200]}",
+            },
+        )
+    scheme = request.headers.get("x-forwarded-proto", request.url.scheme)
+    host = request.headers.get("x-forwarded-host") or request.headers.get("host", "")
+    protocol, base = cdn.public_base(state.config.public_url, scheme, host)
+    body, etag = cdn.encoded(key, protocol, base)
+    headers = {"ETag": etag, "Cache-Control": cdn.CACHE_CONTROL, "Vary": "Origin, Host"}
+    if request.headers.get("if-none-match") == etag:
+        response = Response(status_code=304, headers=headers)
+    else:
+        response = Response(body, 200, headers, media_type="application/json")
+    return _with_cors(state, request, response)
+
+
+async def health(request: Request) -> Response:
+    """GET /health: 200 while every log can take events."""
+    try:
+        stats = await asyncio.wait_for(_state(request).store.stats(), 5.0)
+    except Exception as exc:
+        return json_response(
+            503, {"status": "unavailable", "reason": f"{type(exc).__name__}: {exc}"}
+        )
+    full = [s["record_type"] for s in stats if s["held_bytes"] >= s["capacity_bytes"] * 0.95]
+    body = {"status": "full" if full else "ok", "types": {s["log"]: s for s in stats}}
+    if full:
+        body["reason"] = f"log full for {', '.join(full)}: a sink is behind or down"
+        return json_response(503, body, {"Retry-After": "5"})
+    return json_response(200, body)
+
+
+async def metrics(request: Request) -> Response:
+    """GET /metrics: Prometheus text."""
+    state = _state(request)
+    try:
+        state.metrics.store.latest = await asyncio.wait_for(state.store.stats(), 5.0)
+    except Exception:
+        state.metrics.store.latest = []
+    return Response(generate_latest(state.metrics.registry), media_type="text/plain; version=0.0.4")
+
+
+async def openapi_json(request: Request) -> Response:
+    return Response(_state(request).openapi, media_type="application/json")
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 (with `Allow`) as JSON errors."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+    body = {
+        "success": False,
+        "code": code,
+        "message": f"{request.method} {request.url.path[:200]}: {code.replace('_', ' ')}",
+    }
+    return json_response(exc.status_code, body, dict(exc.headers) if exc.headers else None)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    """A fault of Sluice's own: still JSON, and the client may retry."""
+    body = {"success": False, "code": "internal_error", "message": "internal error; retry"}
+    return json_response(500, body, {"Retry-After": "1"})
+
+
+def build_app(config: Config, store: EventStore) -> Starlette:
+    """The ingress ASGI app for `config`, storing through `store`."""
+    browser_paths = [f"/v1/{name}" for name in ENDPOINTS] + ["/v1/m", SETTINGS_PATH]
+    routes = [Route(f"/v1/{name}", ingest, methods=["POST"]) for name in ENDPOINTS]
+    routes += [Route(path, preflight, methods=["OPTIONS"]) for path in browser_paths]
     routes += [
-        Route("/v1/batch", endpoint_for("batch"), methods=["POST"]),
-        Route("/v1/import", endpoint_for("batch"), methods=["POST"]),
+        Route("/v1/m", sdk_metrics, methods=["POST"]),
+        Route(SETTINGS_PATH, project_settings, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+    app = Starlette(
+        routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error}
+    )
+    app.state.ingress = IngressState(config, store)
+    return app

@@ -29,16 +29,21 @@ class WriteKeys:
                 "send your write key as the HTTP Basic user name (empty password) "
                 "or as 'writeKey' in the body",
             )
+        found = self.known(key)
+        if found is None:
+            raise IngressError(
+                401, "invalid_write_key", "the write key is not known to this Sluice"
+            )
+        return found
+
+    def known(self, key: str) -> str | None:
+        """The source of `key`, or None when it is not a configured write key."""
         candidate = key.encode()
         found = None
         for stored, source in self._keys:
             # Check every key, in constant time, so timing tells nothing about them.
             if hmac.compare_digest(stored, candidate) and found is None:
                 found = source
-        if found is None:
-            raise IngressError(
-                401, "invalid_write_key", "the write key is not known to this Sluice"
-            )
         return found
 
 

@@ -110,6 +110,7 @@ _ERRORS = {
         "tracking-plan violation (source in reject mode), or a batch with no valid event."
     ),
     "401": _error_response("No write key, or one Sluice does not know."),
+    "403": _error_response("The source does not accept events from this browser origin."),
     "408": _error_response("The body took too long to arrive."),
     "413": _error_response(
         f"Body over {events.MAX_EVENT_BYTES} bytes (single event) or "
@@ -210,6 +211,48 @@ def openapi_document() -> dict[str, Any]:
     }
     paths["/v1/batch"] = _operation("Send up to 2,500 events of any types", "Batch")
     paths["/v1/import"] = _operation("Same as /v1/batch", "Batch")
+    # analytics.js posts to one-letter paths.
+    for t in types:
+        paths[f"/v1/{t[0]}"] = _operation(f"Same as /v1/{t} (analytics.js)", t.capitalize())
+    paths["/v1/b"] = _operation("Same as /v1/batch (analytics.js)", "Batch")
+    paths["/v1/m"] = {
+        "post": {
+            "summary": "analytics.js's own delivery metrics: counted, not stored",
+            "security": [],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
+            "responses": {"200": _OK, **_ERRORS},
+        }
+    }
+    paths["/v1/projects/{write_key}/settings"] = {
+        "parameters": [
+            {"name": "write_key", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        "get": {
+            "summary": "Segment-CDN-shaped settings that point analytics.js at this Sluice",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "Settings (cacheable; ETag).",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "304": {"description": "Not modified since the ETag sent."},
+                "403": _ERRORS["403"],
+                "404": {
+                    "description": "Unknown write key.",
+                    "content": {"application/json": {"schema": {"$ref": _REF + "Error"}}},
+                },
+            },
+        },
+    }
+    for path in [p for p in paths if p.startswith("/v1/")]:
+        paths[path]["options"] = {
+            "summary": "CORS preflight",
+            "security": [],
+            "responses": {
+                "204": {"description": "The origin may send; CORS headers say how."},
+                "403": _ERRORS["403"],
+            },
+        }
     paths["/health"] = {
         "get": {
             "summary": "Whether Sluice accepts events, with per-type log counters",

@@ -23,6 +23,8 @@ SINK_SCHEMES = ("file", "s3", "kinesis")
 PLAN_MODES = ("off", "warn", "reject")
 # Source names become partition directories (`source=NAME`): keep them path-safe.
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# A browser origin, optionally with one leading `*.` for any subdomain.
+_ORIGIN = re.compile(r"https?://(\*\.)?[A-Za-z0-9.-]+(:\d{1,5})?/?")
 
 
 class ConfigError(ValueError):
@@ -183,6 +185,9 @@ class Source:
     record_types: tuple[str, ...] = ()  # the types it may send; empty: every type
     rate_limit: RateLimit | None = None  # None: unlimited
     tracking_plan: str = "off"  # off | warn | reject
+    # Browser origins that may send for it (`https://shop.example`, `https://*.example`);
+    # empty: any origin, as at Segment, where write keys are public in web pages.
+    allowed_origins: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, item: Any) -> tuple[Source, list[WriteKey]]:
@@ -192,7 +197,14 @@ class Source:
         if not isinstance(item, dict) or "name" not in item:
             raise ConfigError(f"sources: each entry is a mapping with a 'name', got {item!r}")
         name = _source_name(item["name"])
-        known = {"name", "write_keys", "record_types", "rate_limit", "tracking_plan"}
+        known = {
+            "name",
+            "write_keys",
+            "record_types",
+            "rate_limit",
+            "tracking_plan",
+            "allowed_origins",
+        }
         unknown = set(item) - known
         if unknown:
             raise ConfigError(
@@ -215,12 +227,22 @@ class Source:
             raise ConfigError(
                 f"source {name}: tracking_plan must be one of {', '.join(PLAN_MODES)}, got {mode!r}"
             )
+        origins = item.get("allowed_origins") or []
+        origins = [origins] if isinstance(origins, str) else origins
+        if not isinstance(origins, list) or not all(
+            isinstance(o, str) and _ORIGIN.fullmatch(o) for o in origins
+        ):
+            raise ConfigError(
+                f"source {name}: allowed_origins must be a list of origins such as "
+                f"https://shop.example or https://*.example.com, got {origins!r}"
+            )
         limit = item.get("rate_limit")
         source = cls(
             name=name,
             record_types=tuple(types),
             rate_limit=None if limit is None else RateLimit.parse(limit, name),
             tracking_plan=mode,
+            allowed_origins=tuple(o.rstrip("/").lower() for o in origins),
         )
         return source, [WriteKey(key=k, source=name) for k in raw_keys]
 
@@ -238,6 +260,9 @@ class Config:
     # Its *.json files as (relative path, text), read once so they travel to every replica.
     tracking_plan_files: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     body_timeout_s: float = 10.0  # a request body slower than this gets 408 (slowloris)
+    # Where browsers reach this Sluice (`https://collect.example.com`), for the settings
+    # analytics.js loads; empty: the scheme and host each settings request came to.
+    public_url: str = ""
     log_dir: str = ""
     log_capacity_bytes: int = 512 * 1024 * 1024
     segment_bytes: int = 16 * 1024 * 1024
