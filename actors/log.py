@@ -4,16 +4,16 @@ On disk (in `/dev/shm` by default) a log directory holds:
 
 - `log.id`: a random id made when the log is first created; batch ids start with it, so
   two logs never name a batch alike.
-- `NNNNNNNNNNNNNNNNNNNN.seg`: segment files named by the offset of their first record.
-  A record is `length (u32) | crc32 (u32) | payload`.
+- `NNNNNNNNNNNNNNNNNNNN.seg`: segment files named by the offset of their first record,
+  in the record format of `sluice.segments`.
 - `cursor.SINK`: the first offset that sink has not committed yet.
 - `batches.SINK`: the ranges sent to that sink as batches, so a reopened log re-sends
   the same ranges: same batch ids, and a re-sent S3 file replaces itself.
 
-Appends go to the newest segment in one `write` per call (one call = one micro-batch),
-with `fsync` when asked. A segment is deleted once every sink has committed past it.
-The uncommitted records are also kept in memory, so dispatch never reads the files;
-the files are read only when a log is reopened.
+The producer appends what it took from the replicas' segment files, in one `write` per
+call, with `fsync` when asked; a write that fails is rolled back whole. A segment is
+deleted once every sink has committed past it. The uncommitted records are also kept in
+memory, so dispatch never reads the files; they are read only when a log is reopened.
 """
 
 from __future__ import annotations
@@ -22,15 +22,14 @@ import bisect
 import itertools
 import os
 import secrets
-import struct
 import time
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-_HEADER = struct.Struct("<II")
-_SEGMENT_SUFFIX = ".seg"
+from sluice import segments
+
+_SEGMENT_SUFFIX = segments.SUFFIX
 
 
 class LogFull(Exception):
@@ -132,13 +131,15 @@ class SegmentLog:
 
     # -- writing -------------------------------------------------------------------
 
-    def append(self, payloads: list[bytes]) -> int:
+    def append(self, payloads: list[bytes], *, force: bool = False) -> int:
         """Store `payloads` durably (as durable as the directory); returns the first offset.
 
-        Raises `LogFull` and stores nothing when the log is at capacity.
+        Raises `LogFull` and stores nothing when the log is at capacity, unless `force`
+        (events already acknowledged elsewhere). A failed write (`OSError`, e.g. a full
+        disk) is rolled back: the log holds all of `payloads` or none.
         """
         size = sum(len(p) for p in payloads)
-        if self.held_bytes + size > self.capacity_bytes and self._records:
+        if not force and self.held_bytes + size > self.capacity_bytes and self._records:
             raise LogFull(
                 f"log {self.directory} holds {self.held_bytes} bytes of uncommitted events "
                 f"(capacity {self.capacity_bytes})"
@@ -147,11 +148,17 @@ class SegmentLog:
         segment = self._segments[-1] if self._segments else None
         if segment is None or segment.size >= self.segment_bytes:
             segment = self._open_segment(first)
-        data = b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads)
+        data = segments.encode(payloads, time.monotonic_ns())
         assert self._fd is not None
-        os.write(self._fd, data)
-        if self.fsync:
-            os.fsync(self._fd)
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(f"short write: {written} of {len(data)} bytes")
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError:
+            os.ftruncate(self._fd, segment.size)  # back to the last whole record
+            raise
         segment.size += len(data)
         segment.end += len(payloads)
         now = time.monotonic()
@@ -277,20 +284,9 @@ class SegmentLog:
 
 
 def _read_segment(path: Path) -> tuple[list[bytes], int]:
-    data = path.read_bytes()
-    payloads = []
-    pos = 0
-    while pos + _HEADER.size <= len(data):
-        length, crc = _HEADER.unpack_from(data, pos)
-        payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
-        if len(payload) < length or zlib.crc32(payload) != crc:
-            break
-        payloads.append(payload)
-        pos += _HEADER.size + length
-    return payloads, pos
+    records, ends = segments.decode(path.read_bytes())
+    return [payload for _, payload in records], (ends[-1] if ends else 0)
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    segments.write_atomic(path, text.encode())

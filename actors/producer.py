@@ -1,19 +1,25 @@
-"""`Producer`: the actor that owns one record type's log and feeds every sink from it.
+"""`Producer`: the actor that owns one record type's log on one node and feeds every
+sink from it.
 
-Ingress calls `append` once per micro-batch; the reply means the events are in the log.
-For each sink a dispatch loop cuts batches by that sink's `BatchPolicy`, sends them to
-the sink's consumer pool through Ray's object store, and commits the sink's cursor in
-order once the consumer has written them. A restarted producer reopens its log and
-re-dispatches everything a sink has not committed (at-least-once).
+Ingress replicas write to segment files of their own (`ingress/writer.py`); the producer
+tails them every few milliseconds into its own log (`WriterTail`), and publishes its
+fill state for the replicas' back-pressure. For each sink a dispatch loop cuts batches
+by that sink's `BatchPolicy`, sends them to the sink's consumer pool through Ray's object
+store, and commits the sink's cursor in order once the consumer has written them. A
+restarted producer reopens its log and the writers' files and re-dispatches everything
+a sink has not committed (at-least-once). Its loops are watched: one that raises is
+logged, counted and started again from the last committed cursor.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,14 +28,21 @@ import orjson
 import ray
 
 from actors.consumer import ConsumerPool
-from actors.log import LogFull, SegmentLog
+from actors.log import SegmentLog
+from actors.tail import WriterTail
 from sinks.base import Batch
+from sluice import segments
 from sluice.config import BatchPolicy, SinkSpec
 
 logger = logging.getLogger("sluice.producer")
 
 _RETRY_BASE_S = 0.2
 _RETRY_CAP_S = 10.0
+#: How often the replicas' files are tailed: soon again while events flow.
+_TAIL_BUSY_S = 0.005
+_TAIL_IDLE_S = 0.02
+#: How often the fill state is published for the replicas.
+_PUBLISH_S = 0.1
 
 
 @dataclass
@@ -75,9 +88,13 @@ class Producer:
             segment_bytes=segment_bytes,
             fsync=fsync,
         )
+        self.tail = WriterTail(Path(log_dir))
         self.namespace = namespace
         self.deadletter_name = deadletter  # the dead-letter producer's actor name, if any
         self.accepted = 0
+        self.pending_bytes = 0  # in the replicas' files, not taken yet
+        self.loop_restarts = 0
+        self.published = 0
         self.flushing = False
         self.sinks: dict[str, _SinkState] = {}
         for spec, consumers in sinks:
@@ -88,29 +105,136 @@ class Producer:
                 cursor,
                 replay=self.log.unfinished_batches(spec.sink_id),
             )
+        # What the replicas of an earlier run left is taken before anything new.
+        self._take()
         recovered = self.log.end - self.log.start
         if recovered:
             logger.warning("%s: reopened log with %d uncommitted events", record_type, recovered)
+        self._publish()
         # Async actors run __init__ inside their event loop.
-        self._loops = [
-            asyncio.get_running_loop().create_task(self._dispatch(s)) for s in self.sinks.values()
-        ]
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._watched("tail", self._tail_loop))]
+        for state in self.sinks.values():
+            self._loops.append(
+                loop.create_task(
+                    self._watched(
+                        f"dispatch to {state.spec.uri}",
+                        functools.partial(self._dispatch, state),
+                        functools.partial(self._rewind, state),
+                    )
+                )
+            )
 
-    # -- called by ingress ---------------------------------------------------------
+    # -- the replicas' files -------------------------------------------------------
 
-    async def append(self, payloads: list[bytes]) -> int:
-        """Store a micro-batch; returns its first offset. Raises `LogFull` at capacity."""
-        first = self.log.append(payloads)
+    def _take(self) -> int:
+        """Move what the replicas wrote into the log; returns how many events."""
+        taken = self.tail.take()
+        self.pending_bytes = taken.pending_bytes
+        if taken.payloads:
+            # Already acknowledged: stored whatever the fill (replicas stop at capacity).
+            self._store(taken.payloads)
+        self.tail.commit(taken.positions)
+        return len(taken.payloads)
+
+    def _store(self, payloads: list[bytes]) -> None:
+        self.log.append(payloads, force=True)
         self.accepted += len(payloads)
         for state in self.sinks.values():
             if self.log.end - state.dispatched >= state.spec.policy.max_events:
                 state.wake.set()
+
+    async def _tail_loop(self) -> None:
+        published_at = 0.0
+        while True:
+            took = self._take()
+            if time.monotonic() - published_at >= _PUBLISH_S:
+                self._publish()
+                published_at = time.monotonic()
+            await asyncio.sleep(_TAIL_BUSY_S if took else _TAIL_IDLE_S)
+
+    def state(self) -> dict[str, Any]:
+        """Fill state and counters, as published in `state.json` (see `sluice.segments`)."""
+        self.published += 1
+        return {
+            "seq": self.published,
+            "published_at": time.time(),
+            "record_type": self.record_type,
+            "log": self.log.directory.name,
+            "accepted": self.accepted,
+            "end": self.log.end,
+            "in_log": self.log.end - self.log.start,
+            "held_bytes": self.log.held_bytes,
+            "pending_bytes": self.pending_bytes,
+            "capacity_bytes": self.log.capacity_bytes,
+            "loop_restarts": self.loop_restarts,
+            "sinks": {
+                sink_id: {
+                    "uri": s.spec.uri,
+                    "cursor": self.log.cursors[sink_id].offset,
+                    "committed": s.stats.committed,
+                    "batches": s.stats.batches,
+                    "retries": s.stats.retries,
+                    "deadlettered": s.stats.deadlettered,
+                    "last_error": s.stats.last_error,
+                    "lag_s": self._lag_s(s),
+                }
+                for sink_id, s in self.sinks.items()
+            },
+        }
+
+    def _lag_s(self, state: _SinkState) -> float:
+        cursor = self.log.cursors[state.spec.sink_id].offset
+        if cursor >= self.log.end:
+            return 0.0
+        return round(time.monotonic() - self.log.appended_at(cursor), 3)
+
+    def _publish(self) -> None:
+        path = self.log.directory / segments.STATE
+        try:
+            segments.write_atomic(path, orjson.dumps(self.state()))
+        except OSError as exc:  # a full log dir: replicas see the old state, then stale
+            logger.error("%s: cannot publish state: %s", self.record_type, exc)
+
+    async def _watched(
+        self,
+        name: str,
+        run: Callable[[], Awaitable[None]],
+        rewind: Callable[[], None] | None = None,
+    ) -> None:
+        """Run a loop for ever: an exception is logged, counted, and the loop restarted."""
+        while True:
+            try:
+                await run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.loop_restarts += 1
+                logger.exception("%s: %s loop failed; restarting it", self.record_type, name)
+                if rewind is not None:
+                    rewind()
+                await asyncio.sleep(0.5)
+
+    def _rewind(self, state: _SinkState) -> None:
+        """Dispatch again from the last committed cursor, in the ranges already sent."""
+        state.dispatched = self.log.cursors[state.spec.sink_id].offset
+        state.replay = self.log.unfinished_batches(state.spec.sink_id)
+        state.done.clear()
+
+    # -- called by other producers -------------------------------------------------
+
+    async def append(self, payloads: list[bytes]) -> int:
+        """Store events refused by a sink (this is the dead-letter producer)."""
+        first = self.log.end
+        self._store(payloads)
         return first
 
     # -- called by the supervisor --------------------------------------------------
 
     async def flush(self, timeout_s: float = 120.0) -> bool:
         """Send everything to every sink now and wait for the commits. True when drained."""
+        while self._take():  # whatever the replicas wrote before they stopped
+            pass
         self.flushing = True
         for state in self.sinks.values():
             state.wake.set()
@@ -125,28 +249,8 @@ class Producer:
             self.flushing = False
 
     async def stats(self) -> dict[str, Any]:
-        """Counters for `/health` and `/metrics`."""
-        return {
-            "record_type": self.record_type,
-            "log": self.log.directory.name,
-            "accepted": self.accepted,
-            "end": self.log.end,
-            "in_log": self.log.end - self.log.start,
-            "held_bytes": self.log.held_bytes,
-            "capacity_bytes": self.log.capacity_bytes,
-            "sinks": {
-                sink_id: {
-                    "uri": s.spec.uri,
-                    "cursor": self.log.cursors[sink_id].offset,
-                    "committed": s.stats.committed,
-                    "batches": s.stats.batches,
-                    "retries": s.stats.retries,
-                    "deadlettered": s.stats.deadlettered,
-                    "last_error": s.stats.last_error,
-                }
-                for sink_id, s in self.sinks.items()
-            },
-        }
+        """Counters for the supervisor (the same as published in `state.json`)."""
+        return self.state()
 
     async def ping(self) -> str:
         return self.log.log_id
@@ -253,6 +357,3 @@ class Producer:
             except Exception as exc:  # the dead-letter log is full or restarting: wait
                 logger.warning("dead-letter append failed, retrying: %s", exc)
                 await asyncio.sleep(1.0)
-
-
-__all__ = ["LogFull", "Producer"]

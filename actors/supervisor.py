@@ -1,8 +1,10 @@
-"""`Supervisor`: creates and watches the producers (one per record type) and the consumer
-pools (one per sink), and drives a flush of everything on shutdown.
+"""`Supervisor`: creates and watches the producers (one per record type per node) and the
+consumer pools (one per sink), and drives a flush of everything on shutdown.
 
-Every producer is created at start (so no request waits for one), the logs that still
-hold events first: a service restarted on an old log directory delivers them first.
+Producers and consumers are detached actors with names: they outlive a supervisor
+crash, and a restarted supervisor finds them again by name instead of making new ones.
+Ingress replicas never call the supervisor, so requests go on while it restarts.
+Every node gets its producers at start, and a node that joins later within seconds.
 """
 
 from __future__ import annotations
@@ -13,74 +15,92 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.consumer import Consumer
 from actors.producer import Producer
 from sinks.deadletter import deadletter_spec
 from sluice.config import Config, SinkSpec
-from sluice.model import DEADLETTER, RecordType, log_name, record_type_of
+from sluice.model import DEADLETTER, RecordType
 
 logger = logging.getLogger("sluice.supervisor")
 
 NAMESPACE = "sluice"
 SUPERVISOR_NAME = "supervisor"
 _ACTOR_CPUS = 0.05
+#: How often the supervisor looks for nodes that joined the cluster.
+_WATCH_NODES_S = 5.0
 
 
-def producer_name(log: str) -> str:
-    return f"producer:{log}"
+def producer_name(node_id: str, log: str) -> str:
+    return f"producer:{node_id[:12]}:{log}"
 
 
-def _is_log_name(name: str) -> bool:
-    kind, dot, shard = name.partition(".")
-    return kind in set(RecordType) and (not dot or shard.isdigit())
+def _get_or_create(cls: type, name: str, options: dict[str, Any], *args: Any, **kw: Any) -> Any:
+    """The detached actor `name`: the running one (after a supervisor restart), else new."""
+    return (
+        ray.remote(cls)
+        .options(
+            name=name,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=_ACTOR_CPUS,
+            max_restarts=-1,
+            **options,
+        )
+        .remote(*args, **kw)
+    )
+
+
+def alive_nodes() -> list[str]:
+    """Ids of the nodes that can run actors."""
+    return sorted(
+        n["NodeID"]
+        for n in ray.nodes()  # type: ignore[no-untyped-call]
+        if n["Alive"] and n["Resources"].get("CPU", 0) > 0
+    )
 
 
 class Supervisor:
-    """One per service; a named actor ingress replicas look up."""
+    """One per service; a named actor, restarted by Ray, that adopts what it finds."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.pools: dict[str, list[str]] = {}
         self.consumers: list[Any] = []
-        self.producers: dict[str, Any] = {}
+        self.producers: dict[tuple[str, str], Any] = {}
         for spec in self._all_sinks():
             names = [f"consumer:{spec.sink_id}:{i}" for i in range(spec.consumers)]
             self.pools[spec.sink_id] = names
             self.consumers += [
-                ray.remote(Consumer)
-                .options(
-                    name=name,
-                    namespace=NAMESPACE,
-                    num_cpus=_ACTOR_CPUS,
-                    max_restarts=-1,
-                    max_task_retries=0,
-                    scheduling_strategy="SPREAD",
+                _get_or_create(
+                    Consumer,
+                    name,
+                    {"max_task_retries": 0, "scheduling_strategy": "SPREAD"},
+                    spec,
                 )
-                .remote(spec)
                 for name in names
             ]
-        log_root = config.log_path
-        log_root.mkdir(parents=True, exist_ok=True)
-        # Logs left by an earlier run are reopened (and drained) before new traffic.
-        if self.config.deadletter_sink:
-            self._ensure(DEADLETTER)
-        for path in sorted(log_root.iterdir()):
-            if path.is_dir() and _is_log_name(path.name):
-                self._ensure(path.name)
-        # Every producer up front: the first request of a type must not wait for one.
-        for kind in RecordType:
-            for shard in range(config.shards):
-                self._ensure(log_name(kind.value, shard, config.shards))
+        for node in alive_nodes():
+            self._ensure_node(node)
+        self._watch = asyncio.get_running_loop().create_task(self._watch_nodes())
 
     def _all_sinks(self) -> list[SinkSpec]:
         dl = self.config.deadletter_sink
         return [*self.config.sinks, *([deadletter_spec(dl)] if dl else [])]
 
-    def _ensure(self, log: str) -> Any:
-        """The producer of log `log` (`track`, `track.3`, `_deadletter`), created if new."""
-        if log in self.producers:
-            return self.producers[log]
+    def _ensure_node(self, node: str) -> None:
+        """Every producer of `node`, the dead letters' first."""
+        if self.config.deadletter_sink:
+            self._ensure(node, DEADLETTER)
+        for kind in RecordType:
+            self._ensure(node, kind.value)
+
+    def _ensure(self, node: str, log: str) -> Any:
+        """The producer of `log` on `node`, found by name or created."""
+        if (node, log) in self.producers:
+            return self.producers[(node, log)]
         if log == DEADLETTER:
             dl = self.config.deadletter_sink
             assert dl is not None
@@ -88,61 +108,71 @@ class Supervisor:
             deadletter = None
         else:
             specs = list(self.config.sinks)
-            deadletter = None
-            if self.config.deadletter_sink:
-                self._ensure(DEADLETTER)
-                deadletter = producer_name(DEADLETTER)
-        handle = (
-            ray.remote(Producer)
-            .options(
-                name=producer_name(log),
-                namespace=NAMESPACE,
-                num_cpus=_ACTOR_CPUS,
-                max_restarts=-1,
-                max_task_retries=0,  # a call lost in a crash is answered 503, never retried blindly
-                max_concurrency=1000,
-                scheduling_strategy="SPREAD",  # a record type's shards go to different nodes
-            )
-            .remote(
-                record_type_of(log),
-                str(self.config.log_path / log),
-                [(spec, self.pools[spec.sink_id]) for spec in specs],
-                namespace=NAMESPACE,
-                capacity_bytes=self.config.log_capacity_bytes,
-                segment_bytes=self.config.segment_bytes,
-                fsync=self.config.should_fsync(),
-                deadletter=deadletter,
-            )
+            deadletter = producer_name(node, DEADLETTER) if self.config.deadletter_sink else None
+        handle = _get_or_create(
+            Producer,
+            producer_name(node, log),
+            {
+                "max_task_retries": 0,
+                "max_concurrency": 1000,
+                # On the node whose replicas write the files it tails.
+                "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False),
+            },
+            log,
+            str(self.config.node_log_path(node) / log),
+            [(spec, self.pools[spec.sink_id]) for spec in specs],
+            namespace=NAMESPACE,
+            capacity_bytes=self.config.log_capacity_bytes,
+            segment_bytes=self.config.segment_bytes,
+            fsync=self.config.should_fsync(),
+            deadletter=deadletter,
         )
-        self.producers[log] = handle
+        self.producers[(node, log)] = handle
         return handle
 
-    async def producer(self, log: str) -> Any:
-        """The producer of log `log` (see `sluice.model.log_name`), created on first use."""
-        handle = self._ensure(log)
-        await handle.ping.remote()
-        return handle
+    async def _watch_nodes(self) -> None:
+        while True:
+            await asyncio.sleep(_WATCH_NODES_S)
+            try:
+                for node in alive_nodes():
+                    self._ensure_node(node)
+            except Exception:
+                logger.exception("watching the cluster's nodes failed; trying again")
+
+    def _alive_producers(self) -> dict[tuple[str, str], Any]:
+        alive = set(alive_nodes())
+        return {key: p for key, p in self.producers.items() if key[0] in alive}
 
     async def flush(self, timeout_s: float = 120.0) -> bool:
         """Drain every log to every sink; record types first, then the dead letters."""
-        order = [t for t in self.producers if t != DEADLETTER]
-        ok = all(await asyncio.gather(*(self.producers[t].flush.remote(timeout_s) for t in order)))
-        if DEADLETTER in self.producers:
-            ok = await self.producers[DEADLETTER].flush.remote(timeout_s) and ok
+        producers = self._alive_producers()
+        first = [p for (_, log), p in producers.items() if log != DEADLETTER]
+        last = [p for (_, log), p in producers.items() if log == DEADLETTER]
+        ok = all(await asyncio.gather(*(p.flush.remote(timeout_s) for p in first)))
+        ok = all(await asyncio.gather(*(p.flush.remote(timeout_s) for p in last))) and ok
         return bool(ok)
 
     async def stats(self) -> list[dict[str, Any]]:
-        """Each producer's counters (see `Producer.stats`)."""
+        """Each producer's counters (see `Producer.state`)."""
         results = await asyncio.gather(
-            *(p.stats.remote() for p in self.producers.values()), return_exceptions=True
+            *(p.stats.remote() for p in self._alive_producers().values()),
+            return_exceptions=True,
         )
         return [r for r in results if isinstance(r, dict)]
 
     async def ready(self) -> bool:
-        await asyncio.gather(*(p.ping.remote() for p in self.producers.values()))
+        await asyncio.gather(*(p.ping.remote() for p in self._alive_producers().values()))
         return True
+
+    async def shutdown(self) -> None:
+        """Stop the detached producers and consumers (after a flush)."""
+        self._watch.cancel()
+        for actor in [*self.producers.values(), *self.consumers]:
+            ray.kill(actor, no_restart=True)
 
 
 def log_root_holds_events(log_root: Path) -> bool:
-    """Whether any log under `log_root` has segment files (used for the startup message)."""
-    return any(log_root.glob("*/*.seg")) if log_root.exists() else False
+    """Whether any log under `log_root` holds segment files (for the startup message)."""
+    if not log_root.exists():
+        return False
+    return any(log_root.glob("*/*.seg")) or any(log_root.glob("*/writers/*/*.seg"))

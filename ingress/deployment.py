@@ -1,42 +1,88 @@
-"""The Ray Serve deployment that serves the ingress app in each replica."""
+"""The Ray Serve deployment whose replicas serve HTTP themselves.
+
+Serve starts, places, health-checks and restarts the replicas; it routes no request.
+Each replica runs its own uvicorn (uvloop, httptools) in a thread, on the public port
+opened with `SO_REUSEPORT`, so the kernel spreads connections over the replicas of a
+node with no proxy hop. Requests are stored by the replica's `SegmentWriter`.
+"""
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
 from typing import Any
 
+import ray
+import uvicorn
 from ray import serve
-from starlette.applications import Starlette
 
 from ingress.app import build_app
-from ingress.store import RayEventStore
+from ingress.writer import SegmentWriter
 from sluice.config import Config
+
+logger = logging.getLogger("sluice.ingress")
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that every replica of the node binds alike."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 @serve.deployment
-@serve.ingress()
 class Ingress:
-    """One replica: a Starlette app over a `RayEventStore` (and its micro-batcher)."""
+    """One replica: the ingress app over this replica's `SegmentWriter`, on its own server."""
 
     def __init__(self, config: Config) -> None:
-        self.config = config
-        self.store = RayEventStore(
-            config.batch_window_s,
-            config.shards,
-            config.batch_in_flight,
-            bulk_window_s=config.batch_request_window_s,
+        node = ray.get_runtime_context().get_node_id()
+        self.writer = SegmentWriter(
+            config.node_log_path(node),
+            capacity_bytes=config.log_capacity_bytes,
+            segment_bytes=config.segment_bytes,
+            fsync=config.should_fsync(),
         )
+        server_config = uvicorn.Config(
+            build_app(config, self.writer),
+            loop="uvloop",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            server_header=False,
+            timeout_keep_alive=60,  # idle clients are cut
+        )
+        self.server = uvicorn.Server(server_config)
+        self.sock = reuseport_socket(config.host, config.port)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="http", daemon=True
+        )
+        self.thread.start()
 
-    def __serve_build_asgi_app__(self) -> Starlette:
-        return build_app(self.config, self.store)
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose HTTP server stopped is replaced."""
+        if not self.thread.is_alive():
+            raise RuntimeError("the replica's HTTP server has stopped")
+
+    def __del__(self) -> None:
+        # Serve's graceful stop: finish the requests in flight, then close.
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
 
 
 def application(config: Config) -> Any:
     """The Serve application for `config`, with replica count and CPU share set here."""
     deployment: Any = Ingress  # a Serve Deployment once decorated
     options: dict[str, Any] = {
-        "num_replicas": config.ingress_replicas,
-        "ray_actor_options": {"num_cpus": 0.25},
-        "max_ongoing_requests": 1000,
+        "num_replicas": config.replicas,
+        "ray_actor_options": {"num_cpus": 0.1},
+        "health_check_period_s": 2,
     }
     if config.max_replicas_per_node:
         options["max_replicas_per_node"] = config.max_replicas_per_node

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from sinks import columns
 from sinks.base import Batch, Rejected
 from sluice import model
 from sluice.config import SinkSpec
@@ -61,13 +62,16 @@ class ParquetSink:
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def write(self, batch: Batch) -> list[Rejected]:
-        groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
-        for event in model.decode(batch.payloads()):
-            day, hour = model.hour_partition(event["receivedAt"])
-            groups[(str(event.get("source") or "default"), day, hour)].append(event)
-        for (source, day, hour), events in sorted(groups.items()):
+        events = columns.decode(batch.payloads())
+        table = columns.to_table(events)
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for i, event in enumerate(events):
+            groups[(event.source or "default", event.receivedAt[:13])].append(i)
+        for (source, hour_text), rows in sorted(groups.items()):
+            day, hour = model.hour_partition(hour_text)
+            part = table if len(rows) == len(events) else table.take(rows)
             directory = f"{self.root}/source={source}/type={batch.record_type}/dt={day}/hr={hour}"
-            self._write_file(directory, f"{batch.batch_id}.parquet", model.to_table(events))
+            self._write_file(directory, f"{batch.batch_id}.parquet", part)
         return []
 
     def _write_file(self, directory: str, name: str, table: Any) -> None:

@@ -18,6 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from sluice.model import RecordType
+
 SINK_SCHEMES = ("file", "s3", "kinesis")
 #: What a source does with events that break its tracking plan.
 PLAN_MODES = ("off", "warn", "reject")
@@ -192,8 +194,6 @@ class Source:
     @classmethod
     def parse(cls, item: Any) -> tuple[Source, list[WriteKey]]:
         """One entry of the YAML `sources:` list, and the write keys it names."""
-        from sluice.model import RecordType  # pyarrow-heavy: only when sources are configured
-
         if not isinstance(item, dict) or "name" not in item:
             raise ConfigError(f"sources: each entry is a mapping with a 'name', got {item!r}")
         name = _source_name(item["name"])
@@ -263,26 +263,28 @@ class Config:
     # Where browsers reach this Sluice (`https://collect.example.com`), for the settings
     # analytics.js loads; empty: the scheme and host each settings request came to.
     public_url: str = ""
-    log_dir: str = ""
+    log_dir: str = ""  # may hold `{node}`: the Ray node id, for nodes sharing one disk
     log_capacity_bytes: int = 512 * 1024 * 1024
     segment_bytes: int = 16 * 1024 * 1024
     fsync: bool | None = None  # None: fsync when the log is not in shared memory
-    ingress_replicas: int = 1
+    ingress_replicas: int | None = None  # None: one per core of the machine running `serve`
     max_replicas_per_node: int | None = None  # 1 with ingress_replicas = nodes: one per node
-    shards: int = 1  # producers per record type, by partition-key hash (for clusters)
-    ingress_mode: str = "haproxy"  # or "direct", "proxy": Serve's Python proxy (README's table)
-    proxy_location: str = "EveryNode"  # or "HeadOnly": where the public port is served
-    # Micro-batching in each ingress replica, measured with `sluice bench` (README):
-    batch_in_flight: int = 1  # producer calls under way per record type; more events wait
-    batch_window_s: float = 0.005  # the wait that gathers concurrent requests into one call
-    # The same for events of /v1/batch and /v1/import requests: SDKs send those from a
-    # queue, not while a user waits, and larger calls cost less CPU per event.
-    batch_request_window_s: float = 0.02
     generated_key: bool = field(default=False, compare=False)
 
     @property
     def log_path(self) -> Path:
+        """The log directory as configured (before `{node}` is filled in)."""
         return Path(self.log_dir or f"/dev/shm/sluice/{self.port}")
+
+    def node_log_path(self, node_id: str) -> Path:
+        """The log directory on node `node_id`: replicas there write under it, its producers
+        read there."""
+        return Path(str(self.log_path).replace("{node}", node_id[:12]))
+
+    @property
+    def replicas(self) -> int:
+        """Ingress replicas to run: as configured, else one per core."""
+        return self.ingress_replicas or max(1, os.cpu_count() or 1)
 
     @property
     def deadletter_sink(self) -> SinkSpec | None:
@@ -312,10 +314,6 @@ _NUMBERS: dict[str, tuple[bool, float, bool]] = {
     "segment_bytes": (True, 1, True),
     "ingress_replicas": (True, 1, True),
     "max_replicas_per_node": (True, 1, True),
-    "shards": (True, 1, True),
-    "batch_in_flight": (True, 1, True),
-    "batch_window_s": (False, 0, True),
-    "batch_request_window_s": (False, 0, True),
 }
 
 

@@ -6,21 +6,22 @@ requests in flight), flush every log to every sink, then shut Ray down.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from sluice.config import Config
+from sluice.model import RecordType
 
 logger = logging.getLogger("sluice")
 
@@ -80,52 +81,40 @@ def run_in_own_session(argv: list[str]) -> int:
     return child.wait()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def sized_to_space(config: Config) -> Config:
+    """`config` with each log's capacity cut to what the log directory can hold.
 
-
-def serve_environment(config: Config) -> dict[str, str]:
-    """Ray Serve settings for `config.ingress_mode`, measured in bench/ (see README).
-
-    `haproxy`: HAProxy on the public port in front of replicas that serve HTTP directly;
-    several times the throughput of Serve's Python proxy (`proxy`). HAProxy's files and
-    side ports are made per instance so two Sluices on one machine never collide.
+    Every record type's log (and the dead letters') may hold its capacity, and for a
+    moment both in the replicas' files and the producer's own: a container's 64 MiB
+    `/dev/shm` holds far less than the 512 MiB default.
     """
-    if config.ingress_mode not in ("haproxy", "direct", "proxy"):
-        raise StartupError(f"ingress_mode {config.ingress_mode!r}: use haproxy, direct or proxy")
-    # Our handlers on the replica's own event loop, not a second thread's: the two
-    # threads took turns at the GIL on every request (README, "Ingress modes").
-    common = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
-    if config.ingress_mode == "proxy":
-        return common | {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
-    if config.ingress_mode == "direct":
-        # Serve's proxy on the public port, and every replica also serves HTTP itself.
-        return common | {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
-    run_dir = Path(tempfile.gettempdir()) / f"sluice-{config.port}" / "haproxy"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return common | {
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(run_dir / "haproxy.cfg"),
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(run_dir / "admin.sock"),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(run_dir),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(run_dir / "server-state"),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",  # Sluice's own /metrics covers ingress
-        # Bound even when disabled, on 0.0.0.0:9101 by default: a second Sluice would fail.
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",  # idle or stalled clients are cut
-    }
+    root = config.log_path
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    logs = len(RecordType) + 1
+    fits = int(free * 0.9) // (2 * logs)
+    if fits >= config.log_capacity_bytes:
+        return config
+    if fits < 1024 * 1024:
+        raise StartupError(
+            f"the log directory {root} has only {free // 2**20} MiB free; give it room "
+            "(docker run --shm-size=2g, or log_dir: a disk directory)"
+        )
+    print(
+        f"sluice: warning: {root} has {free // 2**20} MiB free, too little for "
+        f"log_capacity_bytes {config.log_capacity_bytes} in each of {logs} logs; each log "
+        f"holds up to {fits // 2**20} MiB instead (docker run --shm-size=2g, or log_dir: a "
+        "disk directory, for more)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return dataclasses.replace(config, log_capacity_bytes=fits)
 
 
 def serve_forever(config: Config, address: str | None = None) -> int:
     """Start everything, print the ready line, block until SIGINT/SIGTERM, flush, stop."""
-    # Serve reads its settings when imported, so they go into the environment first;
-    # a user's own RAY_SERVE_* variables win.
-    env = {k: v for k, v in serve_environment(config).items() if k not in os.environ}
-    os.environ.update(env)
-
     import ray
     from ray import serve
 
@@ -133,6 +122,7 @@ def serve_forever(config: Config, address: str | None = None) -> int:
     from ingress.deployment import application
 
     check_port_free(config.host, config.port)
+    config = sized_to_space(config)
     if config.tracking_plans:
         from ingress.plans import TrackingPlan
 
@@ -146,7 +136,6 @@ def serve_forever(config: Config, address: str | None = None) -> int:
         "namespace": NAMESPACE,
         "include_dashboard": False,
         "logging_level": logging.WARNING,
-        "runtime_env": {"env_vars": env},  # every worker, on a cluster too
     }
     if address or os.environ.get("RAY_ADDRESS"):
         init["address"] = address or os.environ["RAY_ADDRESS"]
@@ -168,13 +157,10 @@ def serve_forever(config: Config, address: str | None = None) -> int:
             .remote(config)
         )
         ray.get(supervisor.ready.remote(), timeout=120)
-        serve.start(
-            http_options={"host": config.host, "port": config.port},
-            proxy_location=config.proxy_location,
-            logging_config=_SERVE_LOGGING,
-        )
+        # Serve places and restarts the replicas; they serve HTTP themselves.
+        serve.start(proxy_location="Disabled", logging_config=_SERVE_LOGGING)
         serve.run(
-            application(config), name=APP_NAME, route_prefix="/", logging_config=_SERVE_LOGGING
+            application(config), name=APP_NAME, route_prefix=None, logging_config=_SERVE_LOGGING
         )
         _wait_healthy(f"http://{config.host}:{config.port}/health", 120)
         if config.generated_key:
@@ -190,6 +176,7 @@ def serve_forever(config: Config, address: str | None = None) -> int:
         )
         serve.delete(APP_NAME)
         drained = ray.get(supervisor.flush.remote(), timeout=300)
+        ray.get(supervisor.shutdown.remote(), timeout=60)
         if not drained:
             print(
                 f"sluice: some events could not be delivered yet; they stay in {config.log_path}",

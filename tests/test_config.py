@@ -67,17 +67,15 @@ def test_mistakes_get_a_message_that_says_what_to_do(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("batch_in_flight: 0", "batch_in_flight must be a whole number >= 1, got 0"),
-        ("batch_window_s: 5ms", "batch_window_s must be a number >= 0, got '5ms'"),
-        ("batch_request_window_s: -1", "batch_request_window_s must be a number >= 0"),
-        ("shards: 1.5", "shards must be a whole number >= 1"),
+        ("segment_bytes: 0", "segment_bytes must be a whole number >= 1, got 0"),
+        ("max_replicas_per_node: 1.5", "max_replicas_per_node must be a whole number >= 1"),
         ("ingress_replicas: true", "ingress_replicas must be a whole number >= 1"),
         ("log_capacity_bytes: 0", "log_capacity_bytes must be a whole number >= 1"),
         ("body_timeout_s: 0", "body_timeout_s must be a number > 0"),
     ],
 )
 def test_numeric_settings_are_checked_at_load(tmp_path: Path, text: str, message: str) -> None:
-    # batch_in_flight: 0, say, would otherwise leave every request waiting for ever.
+    # A zero segment size, say, would otherwise make a new file per write in a replica.
     path = tmp_path / "sluice.yaml"
     path.write_text(text + "\n")
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -86,6 +84,6 @@ def test_numeric_settings_are_checked_at_load(tmp_path: Path, text: str, message
 
 def test_numeric_settings_in_range_load(tmp_path: Path) -> None:
     path = tmp_path / "sluice.yaml"
-    path.write_text("batch_window_s: 0\nbatch_in_flight: 2\nmax_replicas_per_node: null\n")
+    path.write_text("ingress_replicas: 3\nmax_replicas_per_node: null\n")
     cfg = config.load(str(path), base_dir=tmp_path, environ={})
-    assert (cfg.batch_window_s, cfg.batch_in_flight, cfg.max_replicas_per_node) == (0, 2, None)
+    assert (cfg.replicas, cfg.max_replicas_per_node) == (3, None)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.audit import audit, compare, read_acked, read_sink_ids
-from sluice.model import SCHEMA, to_table
+from sinks.columns import SCHEMA, decode, to_table
 
 
 def _event(message_id: str, kind: str = "track") -> dict[str, Any]:
@@ -28,7 +29,7 @@ def _event(message_id: str, kind: str = "track") -> dict[str, Any]:
 def _write(root: Path, kind: str, name: str, ids: list[str]) -> None:
     directory = root / f"source=bench/type={kind}/dt=2026-01-02/hr=03"
     directory.mkdir(parents=True, exist_ok=True)
-    table = to_table([_event(i, kind) for i in ids])
+    table = to_table(decode([orjson.dumps(_event(i, kind)) for i in ids]))
     assert table.schema == SCHEMA
     pq.write_table(table, directory / name)
 

@@ -1,0 +1,169 @@
+"""`WriterTail`: a producer takes what the ingress replicas wrote to their segment files.
+
+Each `take` reads every writer's new whole records, merged in stamp order, up to a
+horizon taken before reading: a record stamped before the horizon was written before
+it, so it is seen in this take. Hence two events a client sent one after the other
+(the second after the first's 200) come out in that order even when two replicas took
+them: the second's stamp is later than the first's write.
+
+`commit` saves how far each writer was taken (after the producer stored the records in
+its own log: a crash in between re-takes them, at least once) and deletes segments
+taken whole. A writer whose process is gone has its torn tail, if any, dropped: those
+bytes were never acknowledged.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from sluice import segments
+
+logger = logging.getLogger("sluice.producer")
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where the next record of a writer starts: segment number and byte offset."""
+
+    segment: int
+    offset: int
+
+
+@dataclass
+class Taken:
+    """The records of one `take`, and where each writer's next record starts."""
+
+    payloads: list[bytes]
+    positions: dict[str, Position]
+    pending_bytes: int  # written by replicas, not taken yet (past the horizon or partial)
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return False  # no pid yet: the writer is being created, or was never complete
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WriterTail:
+    """Tails `{log}/writers/*/NNN.seg`; positions persist in `{log}/tails.json`."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.writers_dir = log_dir / segments.WRITERS
+        self.positions_file = log_dir / segments.TAILS
+        self.positions: dict[str, Position] = {}
+        if self.positions_file.exists():
+            saved = orjson.loads(self.positions_file.read_bytes())
+            self.positions = {w: Position(*p) for w, p in saved.items()}
+
+    def take(self, horizon_ns: int | None = None) -> Taken:
+        """New whole records of every writer stamped before `horizon_ns` (default: now)."""
+        horizon = time.monotonic_ns() if horizon_ns is None else horizon_ns
+        runs: list[list[tuple[int, int, int, bytes]]] = []
+        positions: dict[str, Position] = {}
+        pending = 0
+        try:
+            writers = sorted(os.listdir(self.writers_dir))
+        except FileNotFoundError:
+            writers = []
+        for order, writer in enumerate(writers):
+            run, position, left = self._take_writer(writer, horizon)
+            positions[writer] = position
+            pending += left
+            if run:
+                # (stamp, writer, position): ties keep each writer's own order.
+                runs.append([(stamp, order, i, p) for i, (stamp, p) in enumerate(run)])
+        merged = heapq.merge(*runs) if len(runs) > 1 else (runs[0] if runs else [])
+        return Taken([payload for *_, payload in merged], positions, pending)
+
+    def _take_writer(
+        self, writer: str, horizon: int
+    ) -> tuple[list[tuple[int, bytes]], Position, int]:
+        directory = self.writers_dir / writer
+        numbers = segments.segment_numbers(directory)
+        position = self.positions.get(writer) or Position(numbers[0] if numbers else 0, 0)
+        taken: list[tuple[int, bytes]] = []
+        pending = 0
+        for index, number in enumerate(numbers):
+            if number < position.segment:
+                continue
+            path = directory / segments.segment_name(number)
+            try:
+                with path.open("rb") as f:
+                    f.seek(position.offset)
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            records, ends = segments.decode(data)
+            cut = len(records)
+            while cut and records[cut - 1][0] >= horizon:
+                cut -= 1  # stamps only grow within a writer: the tail past the horizon waits
+            taken.extend(records[:cut])
+            used = ends[cut - 1] if cut else 0
+            last = index == len(numbers) - 1
+            if cut < len(records) or (last and used < len(data)):
+                pending += len(data) - used
+                return taken, Position(number, position.offset + used), pending
+            if not last:
+                if used < len(data):  # a segment the writer left for a newer one ends whole
+                    logger.error(
+                        "%s: %d bytes past the last record dropped", path, len(data) - used
+                    )
+                position = Position(numbers[index + 1], 0)
+                continue
+            position = Position(number, position.offset + used)
+        return taken, position, pending
+
+    def commit(self, positions: dict[str, Position]) -> None:
+        """Save `positions` (after their records are stored) and delete what was taken."""
+        self.positions = dict(positions)
+        segments.write_atomic(
+            self.positions_file,
+            orjson.dumps({w: [p.segment, p.offset] for w, p in positions.items()}),
+        )
+        for writer, position in positions.items():
+            directory = self.writers_dir / writer
+            numbers = segments.segment_numbers(directory)
+            for number in numbers:
+                if number < position.segment:
+                    (directory / segments.segment_name(number)).unlink(missing_ok=True)
+            if not _alive(directory / "pid") and self._drained(directory, position):
+                shutil.rmtree(directory, ignore_errors=True)
+                self.positions.pop(writer, None)
+
+    def _drained(self, directory: Path, position: Position) -> bool:
+        """Whether a dead writer has nothing left but (maybe) a torn, unacknowledged tail."""
+        numbers = segments.segment_numbers(directory)
+        if not numbers:
+            return True
+        if numbers[-1] != position.segment:
+            return False
+        path = directory / segments.segment_name(position.segment)
+        size = path.stat().st_size if path.exists() else 0
+        with path.open("rb") as f:
+            f.seek(position.offset)
+            records, _ = segments.decode(f.read())
+        if records:
+            return False  # whole records still to take
+        if size > position.offset:
+            logger.warning(
+                "%s: writer died mid-write; %d torn bytes dropped (never acknowledged)",
+                path,
+                size - position.offset,
+            )
+        return True
