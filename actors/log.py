@@ -131,6 +131,12 @@ class SegmentLog:
 
     # -- writing -------------------------------------------------------------------
 
+    def append_frames(self, frames: list[bytes]) -> int:
+        """Store whole records already framed (taken from replicas' files), whatever the
+        fill: they were acknowledged. Returns the first offset."""
+        header = segments.HEADER.size
+        return self._write([f[header:] for f in frames], b"".join(frames))
+
     def append(self, payloads: list[bytes], *, force: bool = False) -> int:
         """Store `payloads` durably (as durable as the directory); returns the first offset.
 
@@ -144,11 +150,13 @@ class SegmentLog:
                 f"log {self.directory} holds {self.held_bytes} bytes of uncommitted events "
                 f"(capacity {self.capacity_bytes})"
             )
+        return self._write(payloads, segments.encode(payloads, time.monotonic_ns()))
+
+    def _write(self, payloads: list[bytes], data: bytes) -> int:
         first = self.end
         segment = self._segments[-1] if self._segments else None
         if segment is None or segment.size >= self.segment_bytes:
             segment = self._open_segment(first)
-        data = segments.encode(payloads, time.monotonic_ns())
         assert self._fd is not None
         try:
             written = os.write(self._fd, data)

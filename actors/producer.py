@@ -40,9 +40,11 @@ _RETRY_BASE_S = 0.2
 _RETRY_CAP_S = 10.0
 #: How often the replicas' files are tailed: soon again while events flow.
 _TAIL_BUSY_S = 0.005
-_TAIL_IDLE_S = 0.02
-#: How often the fill state is published for the replicas.
+_TAIL_IDLE_S = 0.05
+#: How often the fill state is published for the replicas: while it changes, and at
+#: least once a second (replicas take a producer silent for 3 s as not running).
 _PUBLISH_S = 0.1
+_PUBLISH_IDLE_S = 1.0
 
 
 @dataclass
@@ -95,6 +97,7 @@ class Producer:
         self.pending_bytes = 0  # in the replicas' files, not taken yet
         self.loop_restarts = 0
         self.published = 0
+        self._tidied_at = 0.0
         self.flushing = False
         self.sinks: dict[str, _SinkState] = {}
         for spec, consumers in sinks:
@@ -131,26 +134,38 @@ class Producer:
         """Move what the replicas wrote into the log; returns how many events."""
         taken = self.tail.take()
         self.pending_bytes = taken.pending_bytes
-        if taken.payloads:
+        if taken.frames:
             # Already acknowledged: stored whatever the fill (replicas stop at capacity).
-            self._store(taken.payloads)
-        self.tail.commit(taken.positions)
-        return len(taken.payloads)
+            self.log.append_frames(taken.frames)
+            self._stored(len(taken.frames))
+        # Saved when it moved; once a second anyway, to clear writers that died.
+        if taken.frames or taken.positions != self.tail.positions or self._tidy_due():
+            self.tail.commit(taken.positions)
+        return len(taken.frames)
 
-    def _store(self, payloads: list[bytes]) -> None:
-        self.log.append(payloads, force=True)
-        self.accepted += len(payloads)
+    def _tidy_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._tidied_at < 1.0:
+            return False
+        self._tidied_at = now
+        return True
+
+    def _stored(self, count: int) -> None:
+        self.accepted += count
         for state in self.sinks.values():
             if self.log.end - state.dispatched >= state.spec.policy.max_events:
                 state.wake.set()
 
     async def _tail_loop(self) -> None:
         published_at = 0.0
+        last: tuple[int, ...] = ()
         while True:
             took = self._take()
-            if time.monotonic() - published_at >= _PUBLISH_S:
+            since = time.monotonic() - published_at
+            now = (self.log.end, self.log.start, self.pending_bytes)
+            if since >= _PUBLISH_IDLE_S or (since >= _PUBLISH_S and now != last):
                 self._publish()
-                published_at = time.monotonic()
+                published_at, last = time.monotonic(), now
             await asyncio.sleep(_TAIL_BUSY_S if took else _TAIL_IDLE_S)
 
     def state(self) -> dict[str, Any]:
@@ -225,8 +240,8 @@ class Producer:
 
     async def append(self, payloads: list[bytes]) -> int:
         """Store events refused by a sink (this is the dead-letter producer)."""
-        first = self.log.end
-        self._store(payloads)
+        first = self.log.append(payloads, force=True)
+        self._stored(len(payloads))
         return first
 
     # -- called by the supervisor --------------------------------------------------

@@ -41,7 +41,7 @@ class Position:
 class Taken:
     """The records of one `take`, and where each writer's next record starts."""
 
-    payloads: list[bytes]
+    frames: list[bytes]  # whole records as written (see `sluice.segments`), merged
     positions: dict[str, Position]
     pending_bytes: int  # written by replicas, not taken yet (past the horizon or partial)
 
@@ -74,11 +74,11 @@ class WriterTail:
     def take(self, horizon_ns: int | None = None) -> Taken:
         """New whole records of every writer stamped before `horizon_ns` (default: now)."""
         horizon = time.monotonic_ns() if horizon_ns is None else horizon_ns
-        runs: list[list[tuple[int, int, int, bytes]]] = []
+        runs: list[list[tuple[int, int, int, bytes]]] = []  # stamp, writer, index, frame
         positions: dict[str, Position] = {}
         pending = 0
         try:
-            writers = sorted(os.listdir(self.writers_dir))
+            writers = sorted(w for w in os.listdir(self.writers_dir) if not w.startswith("."))
         except FileNotFoundError:
             writers = []
         for order, writer in enumerate(writers):
@@ -89,7 +89,7 @@ class WriterTail:
                 # (stamp, writer, position): ties keep each writer's own order.
                 runs.append([(stamp, order, i, p) for i, (stamp, p) in enumerate(run)])
         merged = heapq.merge(*runs) if len(runs) > 1 else (runs[0] if runs else [])
-        return Taken([payload for *_, payload in merged], positions, pending)
+        return Taken([frame for *_, frame in merged], positions, pending)
 
     def _take_writer(
         self, writer: str, horizon: int
@@ -113,7 +113,10 @@ class WriterTail:
             cut = len(records)
             while cut and records[cut - 1][0] >= horizon:
                 cut -= 1  # stamps only grow within a writer: the tail past the horizon waits
-            taken.extend(records[:cut])
+            starts = [0, *ends]
+            taken.extend(
+                (stamp, data[starts[i] : ends[i]]) for i, (stamp, _) in enumerate(records[:cut])
+            )
             used = ends[cut - 1] if cut else 0
             last = index == len(numbers) - 1
             if cut < len(records) or (last and used < len(data)):

@@ -7,7 +7,7 @@ plus a cap on JSON nesting and on header size, so hostile input costs little.
 from __future__ import annotations
 
 import functools
-import uuid
+import hashlib
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -251,6 +251,15 @@ def validate(raw: Any, record_type: str) -> dict[str, Any]:
     return event
 
 
+def derived_message_id(item: dict[str, Any], source: str) -> str:
+    """An id for an event sent without one, made from its content (its own timestamp
+    included) and source: an SDK's retry of the same body gets the same id, so the
+    duplicate can be removed downstream."""
+    canonical = orjson.dumps(item, option=orjson.OPT_SORT_KEYS) + source.encode()
+    digest = hashlib.blake2b(canonical, digest_size=16).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
+
+
 def enrich(
     event: dict[str, Any],
     record_type: str,
@@ -269,8 +278,6 @@ def enrich(
     """
     event["type"] = record_type
     event.pop("writeKey", None)
-    message_id = event.get("messageId")
-    event["messageId"] = str(message_id) if message_id not in (None, "") else str(uuid.uuid4())
     original_at = _parse_time(event.get("timestamp"), "timestamp")
     sent_at_parsed = _parse_time(event.get("sentAt", sent_at), "sentAt")
     original = original_at[0] if original_at else None
@@ -332,6 +339,8 @@ def accept(
             if allowed_types is not None and kind not in allowed_types:
                 raise _Invalid("type_not_allowed", f"this source does not accept {kind} events")
             event = validate(item, kind)
+            if not event.get("messageId"):
+                event["messageId"] = derived_message_id(item, source)
             violations = plan.violations(kind, event) if plan is not None else []
             if violations and reject_violations:
                 raise _Invalid(
@@ -372,6 +381,13 @@ def accept(
 _RECORD_TYPES = tuple(t.value for t in RecordType)
 
 
+def _without_secrets(payload: Any) -> Any:
+    # A single event's body carries the write key when it is not in the Basic header.
+    if isinstance(payload, dict) and "writeKey" in payload:
+        return {k: v for k, v in payload.items() if k != "writeKey"}
+    return payload
+
+
 def deadletters(parsed: Parsed, source: str) -> list[bytes]:
     """The rejected events of a request as dead-letter records (payload and reason)."""
     return [
@@ -381,7 +397,7 @@ def deadletters(parsed: Parsed, source: str) -> list[bytes]:
                 "index": r.index,
                 "source": source,
                 "receivedAt": parsed.received_at,
-                "payload": r.payload,
+                "payload": _without_secrets(r.payload),
             }
         )
         for r in parsed.rejected

@@ -172,8 +172,13 @@ class SegmentWriter:
             return segment
         directory = self.log_root / log / segments.WRITERS / self.writer_id
         if segment is None:
-            directory.mkdir(parents=True, exist_ok=True)
-            segments.write_atomic(directory / "pid", str(os.getpid()).encode())
+            if not directory.exists():
+                # Made whole under a hidden name, then renamed: a producer never sees a
+                # writer without its pid (and takes it for a dead one).
+                hidden = directory.with_name(f".{self.writer_id}")
+                hidden.mkdir(parents=True, exist_ok=True)
+                (hidden / "pid").write_text(str(os.getpid()))
+                os.rename(hidden, directory)
             number = 0
         else:
             os.close(segment.fd)

@@ -33,9 +33,8 @@ class IngressTarget:
     write_key: str
     #: Of these messageIds, the ones stored (a variant over a real service may wait for them).
     landed: Callable[[set[str]], set[str]]
-    #: Behind HAProxy (the real service), headers past its 16 KiB buffer get HAProxy's own
-    #: 400 page before Sluice sees them; Serve's HAProxy template cannot make that JSON.
-    behind_haproxy: bool = False
+    #: Over real HTTP (the real service) rather than in process.
+    over_http: bool = False
 
 
 @contextlib.contextmanager
@@ -69,7 +68,7 @@ def service_target(workdir: Path) -> Iterator[IngressTarget]:
                     time.sleep(0.5)
 
             yield IngressTarget(
-                client=client, write_key=TARGET_WRITE_KEY, landed=landed, behind_haproxy=True
+                client=client, write_key=TARGET_WRITE_KEY, landed=landed, over_http=True
             )
         with httpx.Client(base_url=service.url, timeout=30) as client:
             assert client.get("/health").status_code == 200, "the service stopped serving"

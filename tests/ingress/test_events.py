@@ -155,3 +155,24 @@ def test_long_time_texts_are_refused_without_being_cached() -> None:
         parsed = accept_one({"userId": "u", "timestamp": f"{n}" + "x" * 30_000}, "page")
         assert [r.code for r in parsed.rejected] == ["invalid_timestamp"]
     assert events._parsed_time.cache_info().currsize == before
+
+
+def test_an_event_without_message_id_gets_the_same_id_when_sent_again() -> None:
+    item = {"userId": "u", "event": "Clicked", "timestamp": "2026-11-25T10:00:00Z"}
+    first = events.accept([dict(item)], record_type="track", source="web", ip=None)
+    again = events.accept([dict(item)], record_type="track", source="web", ip=None)
+    other = events.accept([{**item, "event": "Other"}], record_type="track", source="web", ip=None)
+    ids = [orjson.loads(p.by_type["track"][0])["messageId"] for p in (first, again, other)]
+    assert ids[0] == ids[1] != ids[2]
+    assert len(ids[0]) == 36
+
+
+def test_dead_letters_never_hold_the_write_key() -> None:
+    parsed = events.accept(
+        [{"writeKey": "secret-key", "event": "no user id"}],
+        record_type="track",
+        source="web",
+        ip=None,
+    )
+    assert parsed.rejected
+    assert b"secret-key" not in b"".join(events.deadletters(parsed, "web"))

@@ -1,0 +1,171 @@
+"""`SegmentWriter` with the `WriterTail` that reads it: group commits, order across
+writers, torn tails of dead writers, back-pressure, and a log directory that fills.
+No Ray: the two sides are plain objects over a real directory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from actors.tail import WriterTail
+from ingress.events import IngressError
+from ingress.writer import SegmentWriter
+from sluice import segments
+
+MiB = 1024 * 1024
+
+
+def writer(root: Path, **kw: int) -> SegmentWriter:
+    options = {"capacity_bytes": 64 * MiB, "segment_bytes": 4 * MiB, **kw}
+    return SegmentWriter(root, **options)
+
+
+def payloads(tag: str, n: int) -> list[bytes]:
+    return [orjson.dumps({"tag": tag, "n": i}) for i in range(n)]
+
+
+def taken(tail: WriterTail) -> list[bytes]:
+    result = tail.take()
+    tail.commit(result.positions)
+    header = segments.HEADER.size
+    return [frame[header:] for frame in result.frames]
+
+
+def test_concurrent_requests_share_one_write_and_all_are_taken(tmp_path: Path) -> None:
+    w = writer(tmp_path)
+
+    async def requests() -> None:
+        await asyncio.gather(*(w.append("track", payloads(f"r{i}", 3)) for i in range(50)))
+
+    asyncio.run(requests())
+    files = list((tmp_path / "track" / segments.WRITERS).glob("*/*.seg"))
+    records, _ = segments.decode(files[0].read_bytes())
+    assert len(records) == 150
+    assert len({stamp for stamp, _ in records}) == 1  # one group commit, one write
+    assert len(taken(WriterTail(tmp_path / "track"))) == 150
+
+
+def test_events_acknowledged_by_two_replicas_come_out_in_acknowledgement_order(
+    tmp_path: Path,
+) -> None:
+    first, second = writer(tmp_path), writer(tmp_path)
+    sent = []
+    for i in range(20):  # a client alternating between replicas, each after the last 200
+        one = payloads(f"e{i}", 1)
+        asyncio.run((first if i % 2 else second).append("track", one))
+        sent += one
+    assert taken(WriterTail(tmp_path / "track")) == sent
+
+
+def test_segments_taken_whole_are_deleted_and_positions_survive_a_reopen(
+    tmp_path: Path,
+) -> None:
+    w = writer(tmp_path, segment_bytes=2000)
+    for i in range(20):
+        asyncio.run(w.append("page", payloads(f"b{i}", 10)))
+    directory = next((tmp_path / "page" / segments.WRITERS).iterdir())
+    assert len(segments.segment_numbers(directory)) > 3
+    tail = WriterTail(tmp_path / "page")
+    assert len(taken(tail)) == 200
+    assert len(segments.segment_numbers(directory)) == 1  # the one still being written
+    asyncio.run(w.append("page", payloads("after", 5)))
+    assert len(taken(WriterTail(tmp_path / "page"))) == 5  # reopened: only what is new
+
+
+def test_a_torn_record_of_a_killed_writer_is_never_taken(tmp_path: Path) -> None:
+    # A replica killed mid-write: its last record is half there, and it never answered.
+    script = (
+        "import asyncio, os, sys; from pathlib import Path\n"
+        "from ingress.writer import SegmentWriter\n"
+        "w = SegmentWriter(Path(sys.argv[1]), capacity_bytes=2**26, segment_bytes=2**22)\n"
+        "asyncio.run(w.append('track', [b'{\"whole\": 1}', b'{\"whole\": 2}']))\n"
+        "fd = w._segments['track'].fd\n"
+        "from sluice import segments\n"
+        "os.write(fd, segments.encode([b'{\"torn\": 3}'], 1)[:-4])\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, cwd=Path.cwd())
+    tail = WriterTail(tmp_path / "track")
+    assert taken(tail) == [b'{"whole": 1}', b'{"whole": 2}']
+    assert taken(tail) == []
+    assert list((tmp_path / "track" / segments.WRITERS).iterdir()) == []  # dead and drained
+
+
+def publish(root: Path, log: str, held: int, capacity: int, age_s: float = 0.0) -> None:
+    state = {
+        "seq": time.monotonic_ns(),
+        "published_at": time.time() - age_s,
+        "held_bytes": held,
+        "pending_bytes": 0,
+        "capacity_bytes": capacity,
+    }
+    (root / log).mkdir(parents=True, exist_ok=True)
+    segments.write_atomic(root / log / segments.STATE, orjson.dumps(state))
+
+
+def test_a_full_log_answers_503_with_retry_after(tmp_path: Path) -> None:
+    publish(tmp_path, "track", held=1000, capacity=1000)
+    w = writer(tmp_path)
+    with pytest.raises(IngressError) as refused:
+        asyncio.run(w.append("track", payloads("x", 1)))
+    assert (refused.value.status, refused.value.code) == (503, "log_full")
+    assert refused.value.headers["Retry-After"]
+    asyncio.run(w.append("page", payloads("y", 1)))  # other logs are not held back
+
+
+def test_a_silent_producer_stops_a_replica_after_a_share_of_the_capacity(
+    tmp_path: Path,
+) -> None:
+    publish(tmp_path, "track", held=0, capacity=40_000, age_s=60)
+    w = writer(tmp_path, capacity_bytes=40_000)
+    with pytest.raises(IngressError) as refused:  # noqa: PT012
+        for _ in range(100):
+            asyncio.run(w.append("track", payloads("z", 10)))
+            time.sleep(0.06)  # past the replica's cache of the state
+    assert refused.value.code == "producer_unavailable"
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, as a full /dev/shm would be (the tests run as root, as CI does)."""
+    mount = tmp_path / "shm"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_log_dir_that_fills_refuses_whole_requests_and_keeps_the_rest(
+    tiny_tmpfs: Path,
+) -> None:
+    w = writer(tiny_tmpfs)
+    acknowledged: list[bytes] = []
+    refused = 0
+    for i in range(200):
+        batch = [orjson.dumps({"n": i, "k": k, "pad": "x" * 900}) for k in range(10)]
+        try:
+            asyncio.run(w.append("track", batch))
+            acknowledged += batch
+        except IngressError as exc:
+            assert (exc.status, exc.code) == (503, "log_full")
+            refused += 1
+    assert refused and acknowledged
+    # Every acknowledged event is whole in the file, and nothing half-written follows.
+    frames = WriterTail(tiny_tmpfs / "track").take().frames
+    assert [f[segments.HEADER.size :] for f in frames] == acknowledged
+    for f in (tiny_tmpfs / "track" / segments.WRITERS).glob("*/*.seg"):
+        records, ends = segments.decode(f.read_bytes())
+        assert not ends or ends[-1] == os.path.getsize(f)
+    with contextlib.suppress(OSError):
+        w.close()
