@@ -217,17 +217,20 @@ class Producer:
         run: Callable[[], Awaitable[None]],
         rewind: Callable[[], None] | None = None,
     ) -> None:
-        """Run a loop for ever: an exception is logged, counted, and the loop restarted."""
+        """Run a loop for ever: an exception is logged, counted, and the loop restarted
+        (after `rewind`, which may fail the same way and is then tried again)."""
+        failed = False
         while True:
             try:
+                if failed and rewind is not None:
+                    rewind()
                 await run()
             except asyncio.CancelledError:
                 raise
             except Exception:
+                failed = True
                 self.loop_restarts += 1
                 logger.exception("%s: %s loop failed; restarting it", self.record_type, name)
-                if rewind is not None:
-                    rewind()
                 await asyncio.sleep(0.5)
 
     def _rewind(self, state: _SinkState) -> None:

@@ -127,15 +127,27 @@ class _StoreCollector:
             "Events a sink refused for good",
             labels=["type", "sink"],
         )
+        lag = GaugeMetricFamily(
+            "sluice_sink_lag_seconds",
+            "Age of the oldest event a sink has not committed",
+            labels=["type", "sink"],
+        )
+        restarts = GaugeMetricFamily(
+            "sluice_producer_loop_restarts",
+            "Tail and dispatch loops of a producer restarted after an unexpected error",
+            labels=["type"],
+        )
         for s in self.latest:
             kind = s["record_type"]
             stored.add_metric([kind], s["accepted"])
             in_log.add_metric([kind], s["in_log"])
+            restarts.add_metric([kind], s["loop_restarts"])
             for sink in s["sinks"].values():
                 committed.add_metric([kind, sink["uri"]], sink["committed"])
                 retries.add_metric([kind, sink["uri"]], sink["retries"])
                 dead.add_metric([kind, sink["uri"]], sink["deadlettered"])
-        yield from (stored, in_log, committed, retries, dead)
+                lag.add_metric([kind, sink["uri"]], sink["lag_s"])
+        yield from (stored, in_log, committed, retries, dead, lag, restarts)
 
 
 class Metrics:

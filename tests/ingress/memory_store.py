@@ -34,6 +34,7 @@ class MemoryEventStore:
                 "in_log": len(held),
                 "held_bytes": sum(map(len, held)),
                 "capacity_bytes": 1 << 40,
+                "loop_restarts": 0,
                 "sinks": {},
             }
             for kind, held in self.payloads.items()

@@ -127,7 +127,7 @@ def test_a_silent_producer_stops_a_replica_after_a_share_of_the_capacity(
 ) -> None:
     publish(tmp_path, "track", held=0, capacity=40_000, age_s=60)
     w = writer(tmp_path, capacity_bytes=40_000)
-    with pytest.raises(IngressError) as refused:  # noqa: PT012
+    with pytest.raises(IngressError) as refused:
         for _ in range(100):
             asyncio.run(w.append("track", payloads("z", 10)))
             time.sleep(0.06)  # past the replica's cache of the state
