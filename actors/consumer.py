@@ -14,9 +14,9 @@ from typing import Any
 
 import ray
 
+from core.config import SinkSpec
 from sinks import open_sink
 from sinks.base import Batch, Rejected
-from sluice.config import SinkSpec
 
 logger = logging.getLogger("sluice.consumer")
 

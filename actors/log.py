@@ -5,7 +5,7 @@ On disk (in `/dev/shm` by default) a log directory holds:
 - `log.id`: a random id made when the log is first created; batch ids start with it, so
   two logs never name a batch alike.
 - `NNNNNNNNNNNNNNNNNNNN.seg`: segment files named by the offset of their first record,
-  in the record format of `sluice.segments`.
+  in the record format of `core.segments`.
 - `cursor.SINK`: the first offset that sink has not committed yet.
 - `batches.SINK`: the ranges sent to that sink as batches, so a reopened log re-sends
   the same ranges: same batch ids, and a re-sent S3 file replaces itself.
@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sluice import segments
+from core import segments
 
 _SEGMENT_SUFFIX = segments.SUFFIX
 

@@ -30,9 +30,9 @@ import ray
 from actors.consumer import ConsumerPool
 from actors.log import SegmentLog
 from actors.tail import WriterTail
+from core import segments
+from core.config import BatchPolicy, SinkSpec
 from sinks.base import Batch
-from sluice import segments
-from sluice.config import BatchPolicy, SinkSpec
 
 logger = logging.getLogger("sluice.producer")
 
@@ -169,7 +169,7 @@ class Producer:
             await asyncio.sleep(_TAIL_BUSY_S if took else _TAIL_IDLE_S)
 
     def state(self) -> dict[str, Any]:
-        """Fill state and counters, as published in `state.json` (see `sluice.segments`)."""
+        """Fill state and counters, as published in `state.json` (see `core.segments`)."""
         self.published += 1
         return {
             "seq": self.published,

@@ -19,9 +19,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.consumer import Consumer
 from actors.producer import Producer
+from core.config import Config, SinkSpec
+from core.model import DEADLETTER, RecordType
 from sinks.deadletter import deadletter_spec
-from sluice.config import Config, SinkSpec
-from sluice.model import DEADLETTER, RecordType
 
 logger = logging.getLogger("sluice.supervisor")
 

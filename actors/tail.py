@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from sluice import segments
+from core import segments
 
 logger = logging.getLogger("sluice.producer")
 
@@ -41,7 +41,7 @@ class Position:
 class Taken:
     """The records of one `take`, and where each writer's next record starts."""
 
-    frames: list[bytes]  # whole records as written (see `sluice.segments`), merged
+    frames: list[bytes]  # whole records as written (see `core.segments`), merged
     positions: dict[str, Position]
     pending_bytes: int  # written by replicas, not taken yet (past the horizon or partial)
 

@@ -2,14 +2,16 @@
 
 It accepts Sluice's endpoints, reads and parses the same bodies (gunzipping them when
 `Content-Encoding: gzip`) and answers `200 {"success": true}`, storing nothing: the
-ceiling every stage Sluice adds on top spends from.
+ceiling every stage Sluice adds on top spends from. It runs one worker process per core,
+as Sluice runs one ingress replica per core.
 
-    python -m bench.baseline --port 8100
+    python -m bench.baseline --port 8100 [--workers N]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import zlib
 
 import orjson
@@ -54,10 +56,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: cores)"
+    )
     args = parser.parse_args(argv)
-    # One process, the fastest event loop and HTTP parser, no per-request logging.
+    # The fastest event loop and HTTP parser, no per-request logging.
     uvicorn.run(
-        build_app(),
+        "bench.baseline:build_app",
+        factory=True,
+        workers=args.workers,
         host=args.host,
         port=args.port,
         loop="uvloop",

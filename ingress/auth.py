@@ -7,8 +7,8 @@ import hmac
 from collections.abc import Iterable
 from typing import Any
 
+from core.config import WriteKey
 from ingress.events import IngressError
-from sluice.config import WriteKey
 
 
 class WriteKeys:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
-from sluice.config import Source
+from core.config import Source
 
 #: How long a browser may cache a preflight (Chrome caps it at two hours).
 MAX_AGE_S = 7200

@@ -17,9 +17,9 @@ import ray
 import uvicorn
 from ray import serve
 
+from core.config import Config
 from ingress.app import build_app
 from ingress.writer import SegmentWriter
-from sluice.config import Config
 
 logger = logging.getLogger("sluice.ingress")
 
@@ -56,6 +56,7 @@ class Ingress:
             access_log=False,
             log_level="warning",
             server_header=False,
+            proxy_headers=False,  # X-Forwarded-For is read where the client IP is needed
             timeout_keep_alive=60,  # idle clients are cut
         )
         self.server = uvicorn.Server(server_config)

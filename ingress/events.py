@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sluice.model import RecordType
+from core.model import RecordType
 
 if TYPE_CHECKING:
     from ingress.plans import TrackingPlan

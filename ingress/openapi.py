@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.model import RecordType
 from ingress import events
-from sluice.model import RecordType
 
 _REF = "#/components/schemas/"
 

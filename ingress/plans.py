@@ -30,7 +30,7 @@ from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-from sluice.config import ConfigError
+from core.config import ConfigError
 
 #: Record type -> (the field its schemas validate, whether schemas are per event name).
 PLANNED = {

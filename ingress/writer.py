@@ -1,7 +1,7 @@
 """`SegmentWriter`: a replica appends accepted events straight into shared memory.
 
 Each replica has a segment file of its own per log in its node's log directory (see
-`sluice.segments`). The events of every request that reach it within one turn of the
+`core.segments`). The events of every request that reach it within one turn of the
 event loop go out in one `write` per log (a group commit), and each request is
 answered only after that write returned. No actor call and no message per request:
 the producer of each log tails the files.
@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 
+from core import segments
 from ingress.events import IngressError
-from sluice import segments
 
 logger = logging.getLogger("sluice.ingress")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from core.config import SinkSpec
 from sinks.base import Batch, Rejected, Sink
-from sluice.config import SinkSpec
 
 
 def open_sink(spec: SinkSpec) -> Sink:

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from sluice.config import SinkSpec
+from core.config import SinkSpec
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from collections import defaultdict
 
 import orjson
 
+from core import model
+from core.config import SinkSpec
 from sinks.base import Batch, Rejected
 from sinks.s3 import open_filesystem
-from sluice import model
-from sluice.config import SinkSpec
 
 SCHEME = "deadletter"
 

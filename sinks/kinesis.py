@@ -19,9 +19,9 @@ import boto3
 import orjson
 from botocore.config import Config
 
+from core import model
+from core.config import SinkSpec
 from sinks.base import Batch, Rejected
-from sluice import model
-from sluice.config import SinkSpec
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient

@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from core import model
+from core.config import SinkSpec
 from sinks import columns
 from sinks.base import Batch, Rejected
-from sluice import model
-from sluice.config import SinkSpec
 
 
 def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:

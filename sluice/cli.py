@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sluice import config as config_mod
+from core import config as config_mod
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -20,8 +20,8 @@ import time
 import urllib.request
 from typing import Any
 
-from sluice.config import Config
-from sluice.model import RecordType
+from core.config import Config
+from core.model import RecordType
 
 logger = logging.getLogger("sluice")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sluice import config
-from sluice.config import BatchPolicy, ConfigError
+from core import config
+from core.config import BatchPolicy, ConfigError
 
 
 def test_defaults_and_relative_file_sink(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import negative_data_rejection
 from starlette.routing import Route
 
+from core import config
 from ingress.app import build_app
-from sluice import config
 from tests.ingress.memory_store import MemoryEventStore
 
 WRITE_KEY = "openapi-key"

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sluice import config
+from core import config
 from tests.ingress.harness import Ingress
 
 

@@ -10,8 +10,8 @@ import httpx
 import orjson
 from starlette.exceptions import StarletteDeprecationWarning
 
+from core import config
 from ingress.app import build_app
-from sluice import config
 from tests.ingress.memory_store import MemoryEventStore
 
 with warnings.catch_warnings():

@@ -6,8 +6,8 @@ from typing import Any
 
 import orjson
 
+from core.model import DEADLETTER
 from ingress.events import IngressError
-from sluice.model import DEADLETTER
 
 
 class MemoryEventStore:

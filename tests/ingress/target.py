@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from core import config
 from ingress.app import build_app
-from sluice import config
 from tests.aws import read_parquet_tree
 from tests.ingress.harness import TestClient
 from tests.ingress.memory_store import MemoryEventStore

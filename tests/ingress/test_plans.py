@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
+from core.config import ConfigError
 from ingress.plans import TrackingPlan
-from sluice.config import ConfigError
 from tests.ingress.harness import Ingress, error
 
 ORDER = {

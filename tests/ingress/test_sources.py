@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sluice import config
-from sluice.config import ConfigError, RateLimit
+from core import config
+from core.config import ConfigError, RateLimit
 from tests.ingress.harness import Ingress, error
 
 SOURCES = """

@@ -17,9 +17,9 @@ import orjson
 import pytest
 
 from actors.tail import WriterTail
+from core import segments
 from ingress.events import IngressError
 from ingress.writer import SegmentWriter
-from sluice import segments
 
 MiB = 1024 * 1024
 
@@ -89,7 +89,7 @@ def test_a_torn_record_of_a_killed_writer_is_never_taken(tmp_path: Path) -> None
         "w = SegmentWriter(Path(sys.argv[1]), capacity_bytes=2**26, segment_bytes=2**22)\n"
         "asyncio.run(w.append('track', [b'{\"whole\": 1}', b'{\"whole\": 2}']))\n"
         "fd = w._segments['track'].fd\n"
-        "from sluice import segments\n"
+        "from core import segments\n"
         "os.write(fd, segments.encode([b'{\"torn\": 3}'], 1)[:-4])\n"
         "os._exit(0)\n"
     )
@@ -165,7 +165,7 @@ def test_a_log_dir_that_fills_refuses_whole_requests_and_keeps_the_rest(
     frames = WriterTail(tiny_tmpfs / "track").take().frames
     assert [f[segments.HEADER.size :] for f in frames] == acknowledged
     for f in (tiny_tmpfs / "track" / segments.WRITERS).glob("*/*.seg"):
-        records, ends = segments.decode(f.read_bytes())
+        _, ends = segments.decode(f.read_bytes())
         assert not ends or ends[-1] == os.path.getsize(f)
     with contextlib.suppress(OSError):
         w.close()

@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
+from core.config import SinkSpec
 from sinks.base import Batch
 from sinks.kinesis import MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, KinesisSink
-from sluice.config import SinkSpec
 from tests.aws import create_stream, read_stream
 
 SHARDS = 4

@@ -19,9 +19,9 @@ import pytest
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
+from core.config import SinkSpec
 from sinks.base import Batch
 from sinks.s3 import ParquetSink, open_filesystem
-from sluice.config import SinkSpec
 from tests.service import free_port
 
 HOURS = ("2024-05-01T23:59:59.999Z", "2024-05-02T00:00:00.000Z")  # an hour and a day apart
@@ -163,7 +163,7 @@ def test_sink_writes_in_a_fresh_interpreter(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path;"
         "from sinks.base import Batch; from sinks.s3 import ParquetSink;"
-        "from sluice.config import SinkSpec;"
+        "from core.config import SinkSpec;"
         "events = [l.encode() for l in sys.stdin.read().splitlines()];"
         "sink = ParquetSink(SinkSpec.parse('file://./lake', Path.cwd()));"
         "sink.write(Batch.of('track-0', 'track', 0, events))"

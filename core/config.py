@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from sluice.model import RecordType
+from core.model import RecordType
 
 SINK_SCHEMES = ("file", "s3", "kinesis")
 #: What a source does with events that break its tracking plan.
