@@ -303,6 +303,9 @@ def _history_rows(prefix: Path) -> list[dict[str, str]]:
     ]
 
 
+_RATE_WINDOW_S = 5.0
+
+
 class _Progress:
     """Prints `elapsed/total, req/s, events/s, p99, failures, generator CPU` every second."""
 
@@ -357,8 +360,11 @@ class _Progress:
     def line(self, rows: list[dict[str, str]], began: float) -> str:
         last = rows[-1]
         rate = 0.0
-        earlier = [r for r in rows if float(r["Timestamp"]) < float(last["Timestamp"])]
-        if earlier:
+        # Over 5 s at least: with several Locust processes the master's counts move only
+        # when a worker reports (every few seconds), so neighbouring rows often match.
+        window = float(last["Timestamp"]) - _RATE_WINDOW_S
+        earlier = [r for r in rows if float(r["Timestamp"]) <= window] or rows[:1]
+        if earlier and float(earlier[-1]["Timestamp"]) < float(last["Timestamp"]):
             prev = earlier[-1]
             dt = float(last["Timestamp"]) - float(prev["Timestamp"])
             rate = (int(last["Total Request Count"]) - int(prev["Total Request Count"])) / dt

@@ -263,6 +263,12 @@ class Config:
     # Where browsers reach this Sluice (`https://collect.example.com`), for the settings
     # analytics.js loads; empty: the scheme and host each settings request came to.
     public_url: str = ""
+    # Enrichers in order: built-in names or module:function; None: the defaults
+    # (ingress/enrich/__init__.py). geoip_db: a MaxMind .mmdb; empty: offline countries.
+    enrich: tuple[str, ...] | None = None
+    geoip_db: str = ""
+    geoip_ip: str = "keep"  # keep | truncate | drop, after the lookup
+    bots: str = "flag"  # flag | drop events from crawlers
     log_dir: str = ""  # may hold `{node}`: the Ray node id, for nodes sharing one disk
     log_capacity_bytes: int = 512 * 1024 * 1024
     segment_bytes: int = 16 * 1024 * 1024
@@ -330,6 +336,22 @@ def _check_numbers(settings: dict[str, Any]) -> None:
             kind = "a whole number" if integer else "a number"
             bound = f">= {least:g}" if inclusive else f"> {least:g}"
             raise ConfigError(f"{name} must be {kind} {bound}, got {value!r}")
+
+
+def _check_enrichment(settings: dict[str, Any], base: Path) -> None:
+    enrich = settings.get("enrich")
+    if enrich is not None:
+        if not isinstance(enrich, list) or not all(isinstance(e, str) and e for e in enrich):
+            raise ConfigError(
+                "enrich must be a list of enricher names (useragent, campaign, referrer, bot, "
+                f"geoip) or module:function, got {enrich!r}"
+            )
+        settings["enrich"] = tuple(enrich)
+    if settings.get("geoip_db"):
+        settings["geoip_db"] = str((base / str(settings["geoip_db"])).resolve())
+    for name, choices in (("geoip_ip", ("keep", "truncate", "drop")), ("bots", ("flag", "drop"))):
+        if name in settings and settings[name] not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {settings[name]!r}")
 
 
 def load(
@@ -432,6 +454,7 @@ def load(
         )
     settings = {k: v for k, v in data.items() if k in known}
     _check_numbers(settings)
+    _check_enrichment(settings, base)
     config = Config(**settings)
     chosen_log_dir = log_dir or config.log_dir
     if chosen_log_dir:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -29,6 +29,8 @@ from core.model import DEADLETTER, RecordType
 from ingress import cdn, events
 from ingress.auth import WriteKeys
 from ingress.cors import CorsPolicy
+from ingress.counters import ReplicaCounters
+from ingress.enrich import Enrichment
 from ingress.events import IngressError, Rejection
 from ingress.openapi import openapi_document
 from ingress.plans import TrackingPlan
@@ -154,41 +156,29 @@ class _StoreCollector:
 
 
 class Metrics:
-    """The replica's Prometheus registry: its own counters and the store's gauges."""
+    """The replica's Prometheus registry: the node's replica counters and the producers'
+    published state."""
 
-    def __init__(self) -> None:
+    def __init__(self, counters: ReplicaCounters) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "sluice_http_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry
-        )
-        self.accepted = Counter(
-            "sluice_events_accepted", "Events answered 200", ["type"], registry=self.registry
-        )
-        self.rejected = Counter(
-            "sluice_events_rejected",
-            "Events refused by validation",
-            ["code"],
-            registry=self.registry,
-        )
-        self.sdk_metrics = Counter(
-            "sluice_sdk_metrics_reports",
-            "Delivery-metrics reports analytics.js posted to /v1/m (not stored as events)",
-            registry=self.registry,
-        )
+        self.counters = counters
         self.store = _StoreCollector()
+        self.registry.register(counters)
         self.registry.register(self.store)
 
 
 class IngressState:
     """What every endpoint of one replica shares."""
 
-    def __init__(self, config: Config, store: EventStore) -> None:
+    def __init__(self, config: Config, store: EventStore, counters: ReplicaCounters) -> None:
         self.config = config
         self.store = store
+        self.counters = counters
         self.keys = WriteKeys(config.write_keys)
         self.rules = SourceRules.for_config(config)
+        self.enrichment = Enrichment.from_config(config, counters)
         self.cors = CorsPolicy(config.sources)
-        self.metrics = Metrics()
+        self.metrics = Metrics(counters)
         self.openapi = orjson.dumps(openapi_document())
 
 
@@ -311,7 +301,7 @@ def _answer(state: IngressState, parsed: events.Parsed, single: bool) -> tuple[i
             "rejected": [_described(r) for r in parsed.rejected],
         }
     for kind, payloads in parsed.by_type.items():
-        state.metrics.accepted.labels(kind).inc(len(payloads))
+        state.counters.add("sluice_events_accepted", kind, amount=len(payloads))
     answer: dict[str, Any] = {"success": True}
     if parsed.rejected:
         answer["rejected"] = [_described(r) for r in parsed.rejected]
@@ -336,9 +326,10 @@ async def _ingest(state: IngressState, request: Request, endpoint: str) -> Respo
         allowed_types=rule.allowed_types,
         plan=rule.plan,
         reject_violations=rule.reject_violations,
+        enrichment=state.enrichment,
     )
     for r in parsed.rejected:
-        state.metrics.rejected.labels(r.code).inc()
+        state.counters.add("sluice_events_rejected", r.code)
     await _store(state, parsed, source, bulk=record_type is None)
     status, answer = _answer(state, parsed, single=record_type is not None)
     return json_response(status, answer)
@@ -362,7 +353,7 @@ async def _answer_ingest(state: IngressState, request: Request, name: str) -> Re
         response = await _ingest(state, request, endpoint)
     except IngressError as exc:
         response = error_response(exc)
-    state.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+    state.counters.add("sluice_http_requests", endpoint, str(response.status_code))
     return _with_cors(state, request, response)
 
 
@@ -390,7 +381,7 @@ async def sdk_metrics(request: Request) -> Response:
         await read_body(request, events.MAX_EVENT_BYTES, state.config.body_timeout_s)
     except IngressError as exc:
         return _with_cors(state, request, error_response(exc))
-    state.metrics.sdk_metrics.inc()
+    state.counters.add("sluice_sdk_metrics_reports")
     return _with_cors(state, request, json_response(200, {"success": True}))
 
 
@@ -505,8 +496,11 @@ class IngressApp:
         await response(scope, receive, send)
 
 
-def build_app(config: Config, store: EventStore) -> IngressApp:
-    """The ingress ASGI app for `config`, storing through `store`."""
+def build_app(
+    config: Config, store: EventStore, counters: ReplicaCounters | None = None
+) -> IngressApp:
+    """The ingress ASGI app for `config`, storing through `store`, counting in `counters`
+    (shared with the node's other replicas; default: this app's alone)."""
     browser_paths = [f"/v1/{name}" for name in ENDPOINTS] + ["/v1/m", SETTINGS_PATH]
     routes = [Route(f"/v1/{name}", ingest, methods=["POST"]) for name in ENDPOINTS]
     routes += [Route(path, preflight, methods=["OPTIONS"]) for path in browser_paths]
@@ -520,5 +514,5 @@ def build_app(config: Config, store: EventStore) -> IngressApp:
     app = Starlette(
         routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error}
     )
-    app.state.ingress = IngressState(config, store)
+    app.state.ingress = IngressState(config, store, counters or ReplicaCounters())
     return IngressApp(app)

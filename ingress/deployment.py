@@ -19,6 +19,7 @@ from ray import serve
 
 from core.config import Config
 from ingress.app import build_app
+from ingress.counters import ReplicaCounters
 from ingress.writer import SegmentWriter
 
 logger = logging.getLogger("sluice.ingress")
@@ -48,8 +49,9 @@ class Ingress:
             segment_bytes=config.segment_bytes,
             fsync=config.should_fsync(),
         )
+        counters = ReplicaCounters(self.writer.log_root / "replicas", self.writer.writer_id)
         server_config = uvicorn.Config(
-            build_app(config, self.writer),
+            build_app(config, self.writer, counters),
             loop="uvloop",
             http="httptools",
             lifespan="off",

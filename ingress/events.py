@@ -19,6 +19,7 @@ import orjson
 from core.model import RecordType
 
 if TYPE_CHECKING:
+    from ingress.enrich import Enrichment
     from ingress.plans import TrackingPlan
 
 MAX_EVENT_BYTES = 32 * 1024
@@ -73,6 +74,7 @@ class Parsed:
     by_type: dict[str, list[bytes]] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
     received_at: str = ""
+    dropped: int = 0  # answered 200, not stored (an enricher such as `bot` in drop mode)
 
     @property
     def accepted(self) -> int:
@@ -319,6 +321,7 @@ def accept(
     allowed_types: frozenset[str] | None = None,
     plan: TrackingPlan | None = None,
     reject_violations: bool = False,
+    enrichment: Enrichment | None = None,
 ) -> Parsed:
     """Validate and enrich `items`; `record_type=None` takes each item's own `type` (batch).
 
@@ -362,6 +365,12 @@ def accept(
                 violations=violations,
                 received_text=parsed.received_at,
             )
+            if enrichment is not None:
+                enriched = enrichment(event)
+                if enriched is None:
+                    parsed.dropped += 1
+                    continue
+                event = enriched
             try:
                 payload = orjson.dumps(event)
             except orjson.JSONEncodeError as exc:  # not expected after parse_json; never a 500

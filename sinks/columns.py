@@ -1,8 +1,9 @@
 """From log records to Arrow columns, once per batch: the Parquet schema and the decoder.
 
-Events are decoded with one typed `msgspec` pass over the whole batch, which keeps each
+Events are decoded with typed `msgspec` passes over the whole batch: one keeps each
 free-form part (`properties`, `traits`, `context`, `integrations`) as the JSON text the
-replica wrote: no per-event `orjson` decode and re-encode. Times are parsed in Arrow.
+replica wrote, with no decode and re-encode; one reads the few places in `context` the
+enrichers fill, for their columns. Times are parsed in Arrow.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import array
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 import pyarrow as pa
@@ -38,6 +40,18 @@ SCHEMA = pa.schema(
         ("traits", pa.string()),
         ("context", pa.string()),
         ("integrations", pa.string()),
+        # What the enrichers found (ingress/enrich/), also inside `context`; null when unknown.
+        ("ua_browser", pa.string()),
+        ("ua_os", pa.string()),
+        ("ua_device", pa.string()),
+        ("is_bot", pa.bool_()),
+        ("geo_country", pa.string()),
+        ("geo_city", pa.string()),
+        ("utm_source", pa.string()),
+        ("utm_medium", pa.string()),
+        ("utm_campaign", pa.string()),
+        ("referrer_medium", pa.string()),
+        ("referrer_source", pa.string()),
     ]
 )
 
@@ -66,6 +80,47 @@ class StoredEvent(msgspec.Struct):
 
 
 _DECODER = msgspec.json.Decoder(list[StoredEvent])
+
+
+class _Context(msgspec.Struct):
+    """The places in `context` the enrichers write to (clients may send them too, in any
+    shape: `Any`, checked below)."""
+
+    browser: Any = None
+    os: Any = None
+    device: Any = None
+    bot: Any = None
+    location: Any = None
+    campaign: Any = None
+    referrer: Any = None
+
+
+class _Enriched(msgspec.Struct):
+    context: _Context | None = None
+
+
+_ENRICHED = msgspec.json.Decoder(list[_Enriched])
+#: Column -> (place in context, key there).
+_ENRICHED_COLUMNS = {
+    "ua_browser": ("browser", "name"),
+    "ua_os": ("os", "name"),
+    "ua_device": ("device", "model"),
+    "geo_country": ("location", "country"),
+    "geo_city": ("location", "city"),
+    "utm_source": ("campaign", "source"),
+    "utm_medium": ("campaign", "medium"),
+    "utm_campaign": ("campaign", "name"),
+    "referrer_medium": ("referrer", "medium"),
+    "referrer_source": ("referrer", "source"),
+}
+
+
+def _text_at(context: _Context | None, place: str, key: str) -> str | None:
+    value = getattr(context, place) if context is not None else None
+    found = value.get(key) if isinstance(value, dict) else None
+    return found if isinstance(found, str) else None
+
+
 _STRINGS = {
     "message_id": "messageId",
     "type": "type",
@@ -87,9 +142,21 @@ _TIMES = {
 _JSON = ("properties", "traits", "context", "integrations")
 
 
-def decode(payloads: Sequence[bytes]) -> list[StoredEvent]:
-    """The events of a batch's payloads, in one pass."""
-    return _DECODER.decode(b"[" + b",".join(payloads) + b"]")
+class Decoded:
+    """A batch's events: the columns' fields, and what the enrichers put in `context`."""
+
+    def __init__(self, payloads: Sequence[bytes]) -> None:
+        text = b"[" + b",".join(payloads) + b"]"
+        self.events = _DECODER.decode(text)
+        self.contexts = [e.context for e in _ENRICHED.decode(text)]
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+def decode(payloads: Sequence[bytes]) -> Decoded:
+    """The events of a batch's payloads, in two typed passes (no per-event dicts)."""
+    return Decoded(payloads)
 
 
 def _times(texts: list[str | None]) -> pa.Array:
@@ -109,11 +176,20 @@ def _json_text(raws: list[msgspec.Raw]) -> pa.Array:
     return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
 
 
-def to_table(events: Sequence[StoredEvent]) -> pa.Table:
+def to_table(decoded: Decoded) -> pa.Table:
     """Arrow table with `SCHEMA`."""
+    events, contexts = decoded.events, decoded.contexts
     arrays = []
     for field in SCHEMA:
         name = field.name
+        if name in _ENRICHED_COLUMNS:
+            place, key = _ENRICHED_COLUMNS[name]
+            arrays.append(pa.array([_text_at(c, place, key) for c in contexts], pa.string()))
+            continue
+        if name == "is_bot":
+            bots = [c.bot if c is not None and isinstance(c.bot, bool) else None for c in contexts]
+            arrays.append(pa.array(bots, pa.bool_()))
+            continue
         if name in _STRINGS:
             key = _STRINGS[name]
             arrays.append(pa.array([getattr(e, key) for e in events], pa.string()))

@@ -62,8 +62,9 @@ class ParquetSink:
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def write(self, batch: Batch) -> list[Rejected]:
-        events = columns.decode(batch.payloads())
-        table = columns.to_table(events)
+        decoded = columns.decode(batch.payloads())
+        table = columns.to_table(decoded)
+        events = decoded.events
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
         for i, event in enumerate(events):
             groups[(event.source or "default", event.receivedAt[:13])].append(i)

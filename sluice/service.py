@@ -123,6 +123,9 @@ def serve_forever(config: Config, address: str | None = None) -> int:
 
     check_port_free(config.host, config.port)
     config = sized_to_space(config)
+    from ingress.enrich import Enrichment
+
+    Enrichment.from_config(config)  # an enricher that does not load: ConfigError now
     if config.tracking_plans:
         from ingress.plans import TrackingPlan
 
