@@ -23,7 +23,23 @@ random.Random(5).shuffle(BATCH_TYPES)
 
 _TRACK_NAMES = ("Order Completed", "Product Viewed", "Signed Up", "Cart Updated")
 _PAGES = ("Home", "Pricing", "Checkout", "Docs")
-_CONTEXT = {"library": {"name": "sluice-bench", "version": "1"}, "locale": "en-US"}
+# What a browser's events carry, so every enricher has work: a user agent, a page with
+# campaign parameters and a search-engine referrer, and a public address.
+_CONTEXT = {
+    "library": {"name": "sluice-bench", "version": "1"},
+    "locale": "en-US",
+    "userAgent": (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/120.0.0.0 Safari/537.36"
+    ),
+    "page": {
+        "url": "https://shop.example.com/checkout?utm_source=newsletter&utm_medium=email"
+        "&utm_campaign=bench",
+        "path": "/checkout",
+        "referrer": "https://www.google.com/",
+    },
+    "ip": "8.8.8.8",
+}
 
 
 class MessageIds:

@@ -52,6 +52,7 @@ class BenchOptions:
     skip_baseline: bool = False
     sink_dir: Path | None = None
     work_dir: Path | None = None
+    config: Path | None = None  # for the Sluice it starts
     progress: TextIO | None = field(default=sys.stderr, repr=False)
 
 
@@ -116,7 +117,11 @@ def _run_own_sluice(options: BenchOptions, work: Path) -> TargetRun:
     shm = Path("/dev/shm")
     log_root = Path(tempfile.mkdtemp(prefix="sluice-bench-", dir=shm if shm.is_dir() else work))
     server = SluiceServer(
-        work / "sluice", write_key=key, sink_dir=sink_dir, log_dir=log_root / "log"
+        work / "sluice",
+        write_key=key,
+        sink_dir=sink_dir,
+        log_dir=log_root / "log",
+        config=options.config,
     )
     _say(options, f"starting sluice serve on port {server.port} (Ray takes a while to start)")
     try:
@@ -332,6 +337,7 @@ def main(args: argparse.Namespace) -> int:
         skip_baseline=args.skip_baseline,
         sink_dir=Path(args.sink_dir) if args.sink_dir else None,
         work_dir=Path(args.work_dir) if args.work_dir else None,
+        config=Path(args.config) if getattr(args, "config", None) else None,
     )
     try:
         report = run(options)

@@ -97,12 +97,22 @@ class _Server:
 class SluiceServer(_Server):
     """`sluice serve` with one write key, a `file://` sink and its log in `log_dir`."""
 
-    def __init__(self, workdir: Path, *, write_key: str, sink_dir: Path, log_dir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        write_key: str,
+        sink_dir: Path,
+        log_dir: Path,
+        config: Path | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "sluice.cli", "serve", "--port", str(self.port)]
         args += ["--write-key", f"{write_key}:bench", "--sink", f"file://{sink_dir}"]
         args += ["--log-dir", str(log_dir)]
+        if config is not None:
+            args += ["--config", str(config.resolve())]
         super().__init__("sluice serve", args, workdir, workdir / "sluice.log")
         self._ready = threading.Event()
 

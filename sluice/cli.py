@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-baseline", action="store_true", help="do not run the baseline afterwards"
     )
     bench.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config for the Sluice it starts (to compare settings, e.g. enrich: [])",
+    )
+    bench.add_argument(
         "--work-dir",
         metavar="DIR",
         help="keep Locust's files, acked ids, logs and the sink here (default: a temp dir)",

@@ -4,6 +4,7 @@ browser SDK does (`utm_campaign` becomes `name`). What the client sent wins.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -16,8 +17,10 @@ _FIELDS = {
 }
 
 
+@functools.lru_cache(maxsize=8192)
 def campaign_of(url: str) -> dict[str, str]:
-    """The campaign fields in a URL's query string (empty when there are none)."""
+    """The campaign fields in a URL's query string (empty when there are none). Cached:
+    a page's events share its URL; callers copy before changing the result."""
     if "utm_" not in url:
         return {}
     query = urlsplit(url[:4096]).query
@@ -34,7 +37,7 @@ def enrich_campaign(event: dict[str, Any]) -> dict[str, Any]:
         found = campaign_of(url)
     if not found and isinstance(search, str):
         found = campaign_of("?" + search.lstrip("?"))
-    if found:
+    if found:  # a new dict: the cached one is shared
         sent = context.get("campaign")
         context["campaign"] = {**found, **(sent if isinstance(sent, dict) else {})}
     return event

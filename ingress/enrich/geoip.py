@@ -79,8 +79,14 @@ class GeoIP:
     def __init__(self, lookup: Callable[[str], Location], ip: str = "keep") -> None:
         if ip not in ("keep", "truncate", "drop"):
             raise ConfigError(f"geoip_ip must be keep, truncate or drop, got {ip!r}")
-        self.lookup = functools.lru_cache(maxsize=65536)(lookup)
+        self.lookup = lookup
         self.ip = ip
+
+    @functools.lru_cache(maxsize=65536)  # noqa: B019 (one instance per replica, kept)
+    def located(self, ip: str) -> Location:
+        """What the database says of `ip`; nothing for private and bad addresses."""
+        address = _public(ip)
+        return self.lookup(str(address)) if address is not None else {}
 
     @classmethod
     def open(cls, db: str, ip: str = "keep") -> GeoIP:
@@ -92,12 +98,10 @@ class GeoIP:
         ip = context.get("ip")
         if not isinstance(ip, str):
             return event
-        address = _public(ip)
-        if address is not None:
-            found = self.lookup(str(address))
-            if found:
-                sent = context.get("location")
-                context["location"] = {**found, **(sent if isinstance(sent, dict) else {})}
+        found = self.located(ip[:64])
+        if found:
+            sent = context.get("location")
+            context["location"] = {**found, **(sent if isinstance(sent, dict) else {})}
         if self.ip == "drop":
             del context["ip"]
         elif self.ip == "truncate":

@@ -8,6 +8,7 @@ host as the source.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,8 +49,10 @@ def _host(url: str) -> str:
         return ""
 
 
+@functools.lru_cache(maxsize=8192)
 def classify(referrer: str, page_url: str | None = None) -> dict[str, str]:
-    """`{"medium", "source"}` of a referrer URL; internal when it is the page's own host."""
+    """`{"medium", "source"}` of a referrer URL; internal when it is the page's own host.
+    Cached (a page's events share it); callers copy before changing the result."""
     host = _host(referrer)
     if not host:
         return {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,13 +65,11 @@ def test_cluster_every_node_serves_and_a_lost_node_loses_only_its_uncommitted_ev
         before = set().union(*(f.acked for f in flows))
         cluster.remove_node(worker)  # the node is lost, and its /dev/shm with it
         shutil.rmtree(log_root / worker.unique_id[:12], ignore_errors=True)
-        lost_at = time.monotonic()
         for flow in flows:
             flow.wait_for(len(flow.acked) + 300, timeout_s=180)
         for flow in flows:
             flow.stop()
         acked = set().union(*(f.acked for f in flows))
-        assert time.monotonic() - lost_at < 180
         with httpx.Client(timeout=10) as client:
             assert client.get(f"{service.url}/health").status_code == 200
         assert service.stop() == 0, service.log_tail()

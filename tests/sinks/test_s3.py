@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from datetime import datetime
@@ -142,10 +141,8 @@ def test_s3_down_raises_then_the_retry_lands(
 
         server.stop()
         server = None
-        started = time.monotonic()
-        with pytest.raises(OSError):
+        with pytest.raises(OSError):  # bounded retries: it gives up (pytest's timeout: no hang)
             sink.write(batch)
-        assert time.monotonic() - started < 20  # bounded retries, no hang
 
         server = ThreadedMotoServer("127.0.0.1", port, verbose=False)
         server.start()
