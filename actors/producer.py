@@ -266,10 +266,6 @@ class Producer:
         finally:
             self.flushing = False
 
-    async def stats(self) -> dict[str, Any]:
-        """Counters for the supervisor (the same as published in `state.json`)."""
-        return self.state()
-
     async def ping(self) -> str:
         return self.log.log_id
 

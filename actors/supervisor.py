@@ -152,14 +152,6 @@ class Supervisor:
         ok = all(await asyncio.gather(*(p.flush.remote(timeout_s) for p in last))) and ok
         return bool(ok)
 
-    async def stats(self) -> list[dict[str, Any]]:
-        """Each producer's counters (see `Producer.state`)."""
-        results = await asyncio.gather(
-            *(p.stats.remote() for p in self._alive_producers().values()),
-            return_exceptions=True,
-        )
-        return [r for r in results if isinstance(r, dict)]
-
     async def ready(self) -> bool:
         await asyncio.gather(*(p.ping.remote() for p in self._alive_producers().values()))
         return True

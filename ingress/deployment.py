@@ -77,6 +77,7 @@ class Ingress:
         # Serve's graceful stop: finish the requests in flight, then close.
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.writer.close()
 
 
 def application(config: Config) -> Any:

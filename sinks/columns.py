@@ -57,26 +57,38 @@ SCHEMA = pa.schema(
 
 
 class StoredEvent(msgspec.Struct):
-    """The fields of an enriched event (as ingress wrote it) that become columns."""
+    """The fields of an enriched event (as ingress wrote it) that become columns. Ingress
+    makes ids and times text; a client may still send, say, a number as a screen's
+    `event`, so the text columns take any JSON value and `_text` makes it a string."""
 
-    messageId: str | None = None
-    type: str | None = None
-    event: str | None = None
-    userId: str | None = None
-    anonymousId: str | None = None
-    timestamp: str | None = None
-    originalTimestamp: str | None = None
-    sentAt: str | None = None
+    messageId: Any = None
+    type: Any = None
+    event: Any = None
+    userId: Any = None
+    anonymousId: Any = None
+    timestamp: Any = None
+    originalTimestamp: Any = None
+    sentAt: Any = None
     receivedAt: str = ""
-    source: str | None = None
-    name: str | None = None
-    category: str | None = None
-    groupId: str | None = None
-    previousId: str | None = None
+    source: Any = None
+    name: Any = None
+    category: Any = None
+    groupId: Any = None
+    previousId: Any = None
     properties: msgspec.Raw = msgspec.Raw()
     traits: msgspec.Raw = msgspec.Raw()
     context: msgspec.Raw = msgspec.Raw()
     integrations: msgspec.Raw = msgspec.Raw()
+
+
+_ENCODE = msgspec.json.encode
+
+
+def _text(value: Any) -> str | None:
+    if value is None or type(value) is str:
+        return value
+    # msgspec, not orjson: JSON integers past 64 bits are valid here too.
+    return _ENCODE(value).decode() if isinstance(value, dict | list) else str(value)
 
 
 _DECODER = msgspec.json.Decoder(list[StoredEvent])
@@ -159,6 +171,26 @@ def decode(payloads: Sequence[bytes]) -> Decoded:
     return Decoded(payloads)
 
 
+def decode_or_split(payloads: Sequence[bytes]) -> tuple[Decoded, list[tuple[int, str]]]:
+    """`decode`, or, when some payload cannot be decoded, the others decoded and the
+    positions and reasons of those that cannot (for the dead letters): one bad event
+    never holds a batch back."""
+    try:
+        return Decoded(payloads), []
+    except msgspec.MsgspecError:
+        pass
+    good: list[bytes] = []
+    bad: list[tuple[int, str]] = []
+    for index, payload in enumerate(payloads):
+        try:
+            Decoded([payload])
+        except msgspec.MsgspecError as exc:
+            bad.append((index, f"cannot be written as a Parquet row: {exc}"))
+        else:
+            good.append(payload)
+    return Decoded(good), bad
+
+
 def _times(texts: list[str | None]) -> pa.Array:
     # Parsed once per distinct text: a request's events share receivedAt, most share
     # their timestamp too.
@@ -192,10 +224,10 @@ def to_table(decoded: Decoded) -> pa.Table:
             continue
         if name in _STRINGS:
             key = _STRINGS[name]
-            arrays.append(pa.array([getattr(e, key) for e in events], pa.string()))
+            arrays.append(pa.array([_text(getattr(e, key)) for e in events], pa.string()))
         elif name in _TIMES:
             key = _TIMES[name]
-            arrays.append(_times([getattr(e, key) or None for e in events]))
+            arrays.append(_times([_text(getattr(e, key)) or None for e in events]))
         else:
             arrays.append(_json_text([getattr(e, name) for e in events]))
     return pa.Table.from_arrays(arrays, schema=SCHEMA)

@@ -62,7 +62,7 @@ class ParquetSink:
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def write(self, batch: Batch) -> list[Rejected]:
-        decoded = columns.decode(batch.payloads())
+        decoded, bad = columns.decode_or_split(batch.payloads())
         table = columns.to_table(decoded)
         events = decoded.events
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -73,7 +73,7 @@ class ParquetSink:
             part = table if len(rows) == len(events) else table.take(rows)
             directory = f"{self.root}/source={source}/type={batch.record_type}/dt={day}/hr={hour}"
             self._write_file(directory, f"{batch.batch_id}.parquet", part)
-        return []
+        return [Rejected(index, f"{self.spec.uri}: {reason}") for index, reason in bad]
 
     def _write_file(self, directory: str, name: str, table: Any) -> None:
         path = f"{directory}/{name}"

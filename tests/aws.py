@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -60,3 +61,14 @@ def read_parquet_tree(uri: str) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     return dataset.to_table().to_pylist()  # type: ignore[no-any-return]
+
+
+def rows_when_landed(uri: str, ids: set[str], timeout_s: float = 30) -> dict[str, dict[str, Any]]:
+    """The rows of the Parquet tree at `uri` whose message_id is in `ids`, by id, once
+    all of them are there (or `timeout_s` passed: then those that are)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = {r["message_id"]: r for r in read_parquet_tree(uri) if r["message_id"] in ids}
+        if len(rows) == len(ids) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)

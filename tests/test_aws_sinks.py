@@ -6,6 +6,7 @@ an S3 outage while events flow loses nothing.
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,16 @@ def s3_proxy(moto_server: str) -> Iterator[OutageProxy]:
     proxy.down()
 
 
+def s3_retries(service: Service, bucket: str) -> float:
+    with service.client() as client:
+        metrics = client.get("/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("sluice_sink_retries{") and f"s3://{bucket}" in line
+    )
+
+
 def test_s3_and_kinesis_receive_everything_acknowledged_in_order(
     moto_server: str, s3_proxy: OutageProxy, tmp_path: Path
 ) -> None:
@@ -42,21 +53,18 @@ def test_s3_and_kinesis_receive_everything_acknowledged_in_order(
             traffic.wait_for(600)
             s3_proxy.down()  # S3 goes away while events keep flowing
             traffic.wait_for(len(traffic.acked) + 1500)
+            # Down until a write has failed: otherwise the test would prove nothing.
+            deadline = time.monotonic() + 60
+            while s3_retries(service, bucket) == 0:
+                assert time.monotonic() < deadline, "the outage never made an S3 write fail"
+                time.sleep(0.5)
             s3_proxy.up()
             traffic.wait_for(len(traffic.acked) + 300)
-        with service.client() as client:
-            metrics = client.get("/metrics").text
         assert service.stop() == 0, service.log_tail()
     finally:
         service.kill()
     acked = traffic.acked
     assert len(acked) >= 1500
-    s3_retries = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("sluice_sink_retries{") and f"s3://{bucket}" in line
-    )
-    assert s3_retries > 0, "the outage never made a write fail: the test proved nothing"
 
     rows = read_parquet_tree(f"s3://{bucket}/events")
     in_s3 = collections.Counter(r["message_id"] for r in rows)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import shutil
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.aws import read_parquet_tree
+from tests.aws import rows_when_landed
 from tests.service import WRITE_KEY, Service
 
 HERE = Path(__file__).parent
@@ -81,8 +80,7 @@ def browser() -> Iterator[Browser]:
 
 
 def open_shop(browser: Browser, site: str, sluice: Service, how: str, key: str) -> Page:
-    page = browser.new_page()
-    page.goto(f"{site}/index.html")
+    page = open_page(browser, site)
     api_host = page.evaluate(
         "([sluice, key, how]) => window.loadAnalytics(sluice, key, how)", [sluice.url, key, how]
     )
@@ -91,17 +89,13 @@ def open_shop(browser: Browser, site: str, sluice: Service, how: str, key: str) 
 
 
 def landed(sluice: Service, ids: set[str], timeout_s: float = 30) -> dict[str, dict[str, Any]]:
-    """The rows of `ids` in the Parquet tree, once all are there (or the timeout passed)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        rows = {
-            r["message_id"]: r
-            for r in read_parquet_tree(f"file://{sluice.workdir}/data")
-            if r["message_id"] in ids
-        }
-        if len(rows) == len(ids) or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.2)
+    return rows_when_landed(f"file://{sluice.workdir}/data", ids, timeout_s)
+
+
+def open_page(browser: Browser, site: str) -> Page:
+    page = browser.new_page()
+    page.goto(f"{site}/index.html")
+    return page
 
 
 def send_three(page: Page, tag: str) -> dict[str, str]:
@@ -163,8 +157,7 @@ FETCH = """async ([url, key, id]) => {
 def test_a_preflighted_cross_origin_post_reads_its_answer(
     browser: Browser, site: str, sluice: Service
 ) -> None:
-    page = browser.new_page()
-    page.goto(f"{site}/index.html")
+    page = open_page(browser, site)
     message_id = f"fetched-{uuid.uuid4().hex[:8]}"
     assert page.evaluate(FETCH, [sluice.url, WRITE_KEY, message_id]) == [200, True]
     assert message_id in landed(sluice, {message_id})
@@ -173,8 +166,7 @@ def test_a_preflighted_cross_origin_post_reads_its_answer(
 def test_a_source_with_allowed_origins_refuses_another_origin(
     browser: Browser, site: str, sluice: Service
 ) -> None:
-    page = browser.new_page()
-    page.goto(f"{site}/index.html")
+    page = open_page(browser, site)
     message_id = f"refused-{uuid.uuid4().hex[:8]}"
     # Refused with a 403 that carries no CORS headers: the page may not even read it.
     assert page.evaluate(FETCH, [sluice.url, SHOP_KEY, message_id]) == "blocked"

@@ -175,3 +175,20 @@ def test_sink_writes_in_a_fresh_interpreter(tmp_path: Path) -> None:
         [sys.executable, "-c", code], input=stdin, text=True, cwd=tmp_path, env=env, check=True
     )
     assert ds.dataset(tmp_path / "lake", format="parquet", partitioning="hive").count_rows() == 10
+
+
+def test_odd_values_are_written_and_an_undecodable_record_is_refused_alone(
+    tmp_path: Path,
+) -> None:
+    # What clients may send where ingress does not check the type (a screen's `event`, a
+    # groupId outside group events, integers past 64 bits); and a record that is not JSON.
+    odd = orjson.loads(make_events(1)[0]) | {"type": "screen", "event": 123, "messageId": "odd"}
+    odd_payload = orjson.dumps(odd)[:-1] + b',"groupId":[18446744073709551616]}'
+    payloads = [*make_events(4), odd_payload, b"{"]
+    sink = ParquetSink(SinkSpec.parse(f"file://{tmp_path}/lake", Path.cwd()))
+    rejected = sink.write(Batch.of("track-0", "track", 0, payloads))
+    assert [r.index for r in rejected] == [5]
+    rows = ds.dataset(tmp_path / "lake", format="parquet", partitioning="hive").to_table()
+    by_id = {r["message_id"]: r for r in rows.to_pylist()}
+    assert len(by_id) == 5
+    assert (by_id["odd"]["event"], by_id["odd"]["group_id"]) == ("123", "[18446744073709551616]")

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.aws import read_parquet_tree
+from tests.aws import rows_when_landed
 from tests.ingress.enrich.test_useragent import CHROME_WINDOWS, GOOGLEBOT, SAFARI_IOS
 from tests.service import Service
 
@@ -43,15 +43,7 @@ def sluice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 def rows(sluice: Service, ids: set[str]) -> dict[str, dict[str, Any]]:
-    deadline = time.monotonic() + 30
-    while True:
-        found = {
-            r["message_id"]: r
-            for r in read_parquet_tree(f"file://{sluice.workdir}/data")
-            if r["message_id"] in ids
-        }
-        if len(found) == len(ids) or time.monotonic() > deadline:
-            return found
+    return rows_when_landed(f"file://{sluice.workdir}/data", ids)
 
 
 def test_enriched_columns_and_context_in_parquet(sluice: Service) -> None:
