@@ -69,14 +69,31 @@ def _imported(spec: str) -> Enricher:
     return enricher  # type: ignore[no-any-return]
 
 
+#: Where the built-in enrichers write (they read `userAgent`, `ip` and `page` only).
+_WRITES = frozenset(("browser", "os", "device", "campaign", "referrer", "location", "bot"))
+_MEMO_SIZE = 8192
+_DROP = object()
+
+
 class Enrichment:
-    """The configured enrichers, run in order on each accepted event."""
+    """The configured enrichers, run in order on each accepted event.
+
+    The built-in enrichers at the head of the list depend only on a few context fields
+    (user agent, page URL and referrer, address), so what they add is remembered per
+    combination of those and copied into each event: most events of a site share one.
+    An event whose client sent any of the places they write goes through them in full.
+    """
 
     def __init__(
-        self, enrichers: list[tuple[str, Enricher]], counters: ReplicaCounters | None = None
+        self,
+        enrichers: list[tuple[str, Enricher]],
+        counters: ReplicaCounters | None = None,
+        builtin_head: int = 0,
     ) -> None:
         self.enrichers = enrichers
         self.counters = counters or ReplicaCounters()
+        self.builtin_head = builtin_head  # how many leading enrichers are built-ins
+        self._memo: dict[tuple[Any, ...], Any] = {}
 
     @classmethod
     def from_config(cls, config: Config, counters: ReplicaCounters | None = None) -> Enrichment:
@@ -86,10 +103,24 @@ class Enrichment:
         for name in names:
             enricher = _imported(name) if ":" in name else _builtin(name, config)
             loaded.append((name, enricher))
-        return cls(loaded, counters)
+        head = next((i for i, name in enumerate(names) if ":" in name), len(names))
+        return cls(loaded, counters, head)
 
     def __call__(self, event: dict[str, Any]) -> dict[str, Any] | None:
-        for name, enricher in self.enrichers:
+        start = 0
+        if self.builtin_head:
+            remembered = self._remembered(event)
+            if remembered is _DROP:
+                self.counters.add("sluice_events_dropped")
+                return None
+            if remembered is not None:
+                start = self.builtin_head
+        return self._run(event, start)
+
+    def _run(
+        self, event: dict[str, Any], start: int, end: int | None = None
+    ) -> dict[str, Any] | None:
+        for name, enricher in self.enrichers[start:end]:
             try:
                 result = enricher(event)
             except Exception:
@@ -101,3 +132,45 @@ class Enrichment:
                 return None
             event = result
         return event
+
+    def _remembered(self, event: dict[str, Any]) -> Any:
+        """Apply the built-in head's remembered additions to `event`: True when done,
+        `_DROP` when it drops the event, None when it must run in full."""
+        context = event["context"]
+        if not _WRITES.isdisjoint(context):
+            return None
+        page = context.get("page")
+        if isinstance(page, dict):
+            page = (page.get("url"), page.get("search"), page.get("referrer"))
+        try:
+            key = (context.get("userAgent"), context.get("ip"), page)
+            additions = self._memo.get(key)
+        except TypeError:  # an unhashable value (a client's list where a string goes)
+            return None
+        if additions is None:
+            additions = self._additions(context)
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = additions
+        if additions is _DROP:
+            return _DROP
+        if "ip" in additions and additions["ip"] is _DROP:
+            del context["ip"]  # geoip_ip: drop
+            additions = {k: v for k, v in additions.items() if k != "ip"}
+        if self.builtin_head < len(self.enrichers):
+            # A user enricher follows and may change what it finds: copies of its own.
+            additions = {k: dict(v) if type(v) is dict else v for k, v in additions.items()}
+        context.update(additions)
+        return True
+
+    def _additions(self, context: dict[str, Any]) -> Any:
+        """What the built-in head adds to a context with these inputs, or `_DROP`."""
+        probe = {"context": {k: context[k] for k in ("userAgent", "ip", "page") if k in context}}
+        result = self._run(probe, 0, self.builtin_head)
+        if result is None:
+            return _DROP
+        added = result["context"]
+        additions = {k: v for k, v in added.items() if k in _WRITES}
+        if "ip" in context:
+            additions["ip"] = added.get("ip", _DROP)
+        return additions
