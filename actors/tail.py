@@ -109,17 +109,15 @@ class WriterTail:
                     data = f.read()
             except FileNotFoundError:
                 continue
-            records, ends = segments.decode(data)
-            cut = len(records)
-            while cut and records[cut - 1][0] >= horizon:
+            stamps, ends = segments.scan(data)
+            cut = len(stamps)
+            while cut and stamps[cut - 1] >= horizon:
                 cut -= 1  # stamps only grow within a writer: the tail past the horizon waits
             starts = [0, *ends]
-            taken.extend(
-                (stamp, data[starts[i] : ends[i]]) for i, (stamp, _) in enumerate(records[:cut])
-            )
+            taken.extend((stamps[i], data[starts[i] : ends[i]]) for i in range(cut))
             used = ends[cut - 1] if cut else 0
             last = index == len(numbers) - 1
-            if cut < len(records) or (last and used < len(data)):
+            if cut < len(stamps) or (last and used < len(data)):
                 pending += len(data) - used
                 return taken, Position(number, position.offset + used), pending
             if not last:

@@ -41,23 +41,34 @@ def encode(payloads: Sequence[bytes], stamp: int) -> bytes:
     return b"".join([pack(len(p), crc32(p, seed), stamp) + p for p in payloads])
 
 
-def decode(data: bytes, start: int = 0) -> tuple[list[tuple[int, bytes]], list[int]]:
-    """Whole records of `data` from `start`: `(stamp, payload)` pairs and the end position
-    of each. Stops at the first incomplete or corrupt record."""
-    records: list[tuple[int, bytes]] = []
+def scan(data: bytes, start: int = 0) -> tuple[list[int], list[int]]:
+    """Stamps and end positions of the whole records of `data` from `start`, checked
+    without copying them. Stops at the first incomplete or corrupt record."""
+    stamps: list[int] = []
     ends: list[int] = []
+    view = memoryview(data)
     pos = start
     size = len(data)
     unpack = HEADER.unpack_from
+    crc32 = zlib.crc32
     while pos + HEADER.size <= size:
         length, crc, stamp = unpack(data, pos)
         body = pos + HEADER.size
-        payload = data[body : body + length]
-        if len(payload) < length or zlib.crc32(payload, zlib.crc32(data[pos + 8 : body])) != crc:
+        end = body + length
+        if end > size or crc32(view[body:end], crc32(view[pos + 8 : body])) != crc:
             break
-        pos = body + length
-        records.append((stamp, payload))
+        pos = end
+        stamps.append(stamp)
         ends.append(pos)
+    return stamps, ends
+
+
+def decode(data: bytes, start: int = 0) -> tuple[list[tuple[int, bytes]], list[int]]:
+    """Whole records of `data` from `start`: `(stamp, payload)` pairs and the end position
+    of each. Stops at the first incomplete or corrupt record."""
+    stamps, ends = scan(data, start)
+    starts = [start, *ends]
+    records = [(stamps[i], data[starts[i] + HEADER.size : ends[i]]) for i in range(len(ends))]
     return records, ends
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import collections
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -35,6 +36,13 @@ def cluster() -> Iterator[Cluster]:
     nodes.shutdown()
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.5)
+
+
 def nodes_with_logs(log_root: Path) -> set[str]:
     """Nodes whose producers have published the state of their track log."""
     return {p.parent.parent.name for p in log_root.glob("*/track/state.json")}
@@ -55,16 +63,19 @@ def test_cluster_every_node_serves_and_a_lost_node_loses_only_its_uncommitted_ev
     ).start()
     worker = cluster.list_all_nodes()[-1]
     try:
-        assert len(nodes_with_logs(log_root)) == 3  # producers on every node
+        wait_until(lambda: len(nodes_with_logs(log_root)) == 3, "producers on every node")
         flows = [Traffic(service.url, f"flow{i}").__enter__() for i in range(6)]
         for flow in flows:
             flow.wait_for(300)
-        # Connections spread over the replicas of every node.
-        writers = {p.parent.parent.parent.name for p in log_root.glob("*/*/writers/*")}
-        assert len(writers) >= 2, writers
-        before = set().union(*(f.acked for f in flows))
+        # Connections spread over the replicas of the nodes.
+        wait_until(
+            lambda: len({p.parents[2].name for p in log_root.glob("*/*/writers/*")}) >= 2,
+            "replicas of two nodes writing",
+        )
         cluster.remove_node(worker)  # the node is lost, and its /dev/shm with it
         shutil.rmtree(log_root / worker.unique_id[:12], ignore_errors=True)
+        # Whatever was acknowledged until now may have been the lost node's; nothing after.
+        before = set().union(*(f.acked for f in flows))
         for flow in flows:
             flow.wait_for(len(flow.acked) + 300, timeout_s=180)
         for flow in flows:
