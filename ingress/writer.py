@@ -16,6 +16,7 @@ answered 503, so a full disk never leaves half a record behind an acknowledged o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -136,7 +137,7 @@ class SegmentWriter:
             error: BaseException | None = None
             try:
                 self._write(log, segments.encode(group.payloads, stamp))
-            except OSError as exc:
+            except Exception as exc:  # whatever it is, the requests get an answer
                 logger.error("cannot append to log %s: %s", log, exc)
                 error = _unavailable(log, exc)
             for waiter in group.waiters:
@@ -158,10 +159,12 @@ class SegmentWriter:
         except OSError:
             try:
                 os.ftruncate(segment.fd, segment.size)  # back to the last whole record
-            except OSError as exc:  # the file is gone: the next write opens a new one
+            except OSError as exc:
+                # The file cannot be cut back: the next write goes to the next segment
+                # (never an earlier number, which the producer has passed); whatever
+                # is past the last whole record here was never acknowledged.
                 logger.error("cannot roll back %s: %s", log, exc)
-                os.close(segment.fd)
-                del self._segments[log]
+                segment.size = self.segment_bytes
             raise
         segment.size += written
         self._fills.setdefault(log, _Fill()).written_since += written
@@ -181,7 +184,8 @@ class SegmentWriter:
                 os.rename(hidden, directory)
             number = 0
         else:
-            os.close(segment.fd)
+            with contextlib.suppress(OSError):  # already closed under us, say
+                os.close(segment.fd)
             number = segment.number + 1
         path = directory / segments.segment_name(number)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -222,8 +226,8 @@ class SegmentWriter:
             )
 
 
-def _unavailable(log: str, exc: OSError) -> StoreUnavailable:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+def _unavailable(log: str, exc: Exception) -> StoreUnavailable:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreUnavailable(
             "log_full",
             f"{log} events are not accepted now: the log directory is out of space",

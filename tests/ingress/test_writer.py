@@ -169,3 +169,19 @@ def test_a_log_dir_that_fills_refuses_whole_requests_and_keeps_the_rest(
         assert not ends or ends[-1] == os.path.getsize(f)
     with contextlib.suppress(OSError):
         w.close()
+
+
+def test_a_write_that_cannot_be_rolled_back_moves_on_to_the_next_segment(
+    tmp_path: Path,
+) -> None:
+    w = writer(tmp_path)
+    asyncio.run(w.append("track", payloads("before", 3)))
+    tail = WriterTail(tmp_path / "track")
+    assert len(taken(tail)) == 3
+    os.close(w._segments["track"].fd)  # the write fails, and so does cutting the file back
+    with pytest.raises(IngressError) as refused:
+        asyncio.run(w.append("track", payloads("lost", 2)))
+    assert (refused.value.status, refused.value.headers["Retry-After"]) == (503, "1")
+    asyncio.run(w.append("track", payloads("after", 4)))
+    # The next write went to a later segment, which the producer reads: nothing skipped.
+    assert [orjson.loads(p)["tag"] for p in taken(tail)] == ["after"] * 4
