@@ -19,7 +19,8 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 ENDPOINTS = ("track", "identify", "page", "screen", "group", "alias", "batch", "import")
 _SUCCESS = orjson.dumps({"success": True})
@@ -40,6 +41,18 @@ async def ingest(request: Request) -> Response:
     return Response(_SUCCESS, media_type="application/json")
 
 
+async def rpc(socket: WebSocket) -> None:
+    """/v1/ws: parse each JSON-RPC call and answer its id, as Sluice answers once stored."""
+    await socket.accept()
+    while True:
+        message = await socket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        call = orjson.loads(message.get("text") or message.get("bytes") or b"{}")
+        answer = {"jsonrpc": "2.0", "result": {"success": True}, "id": call.get("id")}
+        await socket.send_text(orjson.dumps(answer).decode())
+
+
 async def health(request: Request) -> Response:
     return Response(_SUCCESS, media_type="application/json")
 
@@ -47,7 +60,7 @@ async def health(request: Request) -> Response:
 def build_app() -> Starlette:
     """The baseline ASGI app."""
     routes = [Route(f"/v1/{name}", ingest, methods=["POST"]) for name in ENDPOINTS]
-    return Starlette(routes=[*routes, Route("/health", health)])
+    return Starlette(routes=[*routes, Route("/health", health), WebSocketRoute("/v1/ws", rpc)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         loop="uvloop",
         http="httptools",
+        ws="websockets-sansio",
         access_log=False,
         log_level="warning",
     )

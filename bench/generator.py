@@ -46,6 +46,7 @@ SCENARIOS = {
         Scenario("single", "SingleTrack", 1),
         Scenario("batch", "Batch", 100),
         Scenario("gzip-batch", "GzipBatch", 100),
+        Scenario("websocket", "WebSocketTrack", 1),
     )
 }
 

@@ -1,4 +1,5 @@
-"""The Locust suite: single `track` events, 100-event batches, gzip-compressed batches.
+"""The Locust suite: single `track` events, 100-event batches, gzip-compressed batches,
+and `track` calls pipelined over WebSockets (JSON-RPC on `/v1/ws`).
 
 Headless, through the runner: `sluice bench --scenario batch ...`. Interactive, with
 Locust's web UI (pick the user class and set the write key in the UI):
@@ -23,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import locust.stats
-from locust import FastHttpUser, constant, events, task
+import orjson
+import websocket  # websocket-client: plain sockets, which gevent makes cooperative
+from locust import FastHttpUser, User, constant, events, task
 
 from bench.payloads import BATCH_SIZE, EventPool, MessageIds, accepted_ids
 
@@ -153,3 +156,54 @@ class GzipBatch(_SluiceUser):
         # server about the same at any level.
         body = zlib.compress(POOL.batch(ids), 1, 31)
         self.send("/v1/batch", body, ids, self.gzip_headers)
+
+
+#: Calls a WebSocket user sends before reading their answers.
+WS_WINDOW = 50
+
+
+class WebSocketTrack(User):
+    """One WebSocket per user; `track` calls sent `WS_WINDOW` at a time without waiting,
+    each timed from its send to its answer (which leaves once the event is stored)."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        key = options.write_key if options else os.environ.get(WRITE_KEY_ENV, "")
+        token = base64.b64encode(f"{key}:".encode()).decode()
+        url = str(self.host).replace("http", "ws", 1) + "/v1/ws"
+        self.socket = websocket.create_connection(
+            url, header=[f"Authorization: Basic {token}"], timeout=60
+        )
+
+    def on_stop(self) -> None:
+        self.socket.close()
+
+    @task
+    def pipelined_track(self) -> None:
+        ids = MESSAGE_IDS.take(WS_WINDOW)
+        sent_at: dict[int, float] = {}
+        for n, message_id in enumerate(ids):
+            call = b'{"jsonrpc":"2.0","method":"track","id":%d,"params":%s}' % (
+                n,
+                POOL.track(message_id),
+            )
+            sent_at[n] = time.perf_counter()
+            self.socket.send(call)
+        acked = []
+        for _ in ids:
+            answer = orjson.loads(self.socket.recv())
+            n = answer.get("id")
+            error = answer.get("error")
+            events.request.fire(  # type: ignore[no-untyped-call]
+                request_type="WS",
+                name="/v1/ws track",
+                response_time=(time.perf_counter() - sent_at.get(n, 0.0)) * 1000,
+                response_length=0,
+                exception=RuntimeError(str(error)) if error else None,
+                context={},
+            )
+            if error is None and isinstance(n, int):
+                acked.append(ids[n])
+        ACKED.add(acked)

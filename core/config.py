@@ -275,6 +275,7 @@ class Config:
     fsync: bool | None = None  # None: fsync when the log is not in shared memory
     ingress_replicas: int | None = None  # None: one per core of the machine running `serve`
     max_replicas_per_node: int | None = None  # 1 with ingress_replicas = nodes: one per node
+    ws_max_in_flight: int = 256  # JSON-RPC frames of one WebSocket being stored at once
     generated_key: bool = field(default=False, compare=False)
 
     @property
@@ -320,6 +321,7 @@ _NUMBERS: dict[str, tuple[bool, float, bool]] = {
     "segment_bytes": (True, 1, True),
     "ingress_replicas": (True, 1, True),
     "max_replicas_per_node": (True, 1, True),
+    "ws_max_in_flight": (True, 1, True),
 }
 
 

@@ -22,7 +22,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from core.config import Config
 from core.model import DEADLETTER, RecordType
@@ -231,7 +232,7 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return events.decompress(body, request.headers.get("content-encoding", ""), limit)
 
 
-def _client_ip(request: Request) -> str | None:
+def client_ip(request: Request | WebSocket) -> str | None:
     forwarded = request.headers.get("x-forwarded-for")
     if forwarded:
         return forwarded.split(",")[0].strip()
@@ -267,7 +268,7 @@ def _check_rate(rule: SourceRules, count: int) -> None:
         )
 
 
-def _check_origin(state: IngressState, origin: str | None, source: str) -> None:
+def check_origin(state: IngressState, origin: str | None, source: str) -> None:
     if origin and not state.cors.allows(origin, source):
         raise IngressError(
             403,
@@ -313,7 +314,16 @@ async def _ingest(state: IngressState, request: Request, endpoint: str) -> Respo
     body = await read_body(request, limit, state.config.body_timeout_s)
     data = events.parse_json(body)
     source = state.keys.source_of(request.headers.get("authorization"), data)
-    _check_origin(state, request.headers.get("origin"), source)
+    check_origin(state, request.headers.get("origin"), source)
+    status, answer = await accept_and_store(state, data, endpoint, source, client_ip(request))
+    return json_response(status, answer)
+
+
+async def accept_and_store(
+    state: IngressState, data: dict[str, Any], endpoint: str, source: str, ip: str | None
+) -> tuple[int, dict[str, Any]]:
+    """Validate, enrich and store the events of one request (`endpoint`: a record type or
+    "batch") from `source`: the status and body to answer once they are stored."""
     rule = state.rules[source]
     items, record_type = _events_of(data, endpoint)
     _check_rate(rule, len(items))
@@ -321,7 +331,7 @@ async def _ingest(state: IngressState, request: Request, endpoint: str) -> Respo
         items,
         record_type=record_type,
         source=source,
-        ip=_client_ip(request),
+        ip=ip,
         defaults=data,
         allowed_types=rule.allowed_types,
         plan=rule.plan,
@@ -331,8 +341,7 @@ async def _ingest(state: IngressState, request: Request, endpoint: str) -> Respo
     for r in parsed.rejected:
         state.counters.add("sluice_events_rejected", r.code)
     await _store(state, parsed, source, bulk=record_type is None)
-    status, answer = _answer(state, parsed, single=record_type is not None)
-    return json_response(status, answer)
+    return _answer(state, parsed, single=record_type is not None)
 
 
 def _with_cors(state: IngressState, request: Request, response: Response) -> Response:
@@ -502,9 +511,13 @@ def build_app(
     """The ingress ASGI app for `config`, storing through `store`, counting in `counters`
     (shared with the node's other replicas; default: this app's alone)."""
     browser_paths = [f"/v1/{name}" for name in ENDPOINTS] + ["/v1/m", SETTINGS_PATH]
-    routes = [Route(f"/v1/{name}", ingest, methods=["POST"]) for name in ENDPOINTS]
+    routes: list[BaseRoute] = [Route(f"/v1/{name}", ingest, methods=["POST"]) for name in ENDPOINTS]
     routes += [Route(path, preflight, methods=["OPTIONS"]) for path in browser_paths]
+    # The WebSocket endpoint builds on this module's request handling, hence imported here.
+    from ingress import websocket
+
     routes += [
+        WebSocketRoute("/v1/ws", websocket.endpoint),
         Route("/v1/m", sdk_metrics, methods=["POST"]),
         Route(SETTINGS_PATH, project_settings, methods=["GET"]),
         Route("/health", health, methods=["GET"]),

@@ -31,6 +31,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Events an enricher raised on (they went on without its fields)",
         ("enricher",),
     ),
+    "sluice_websocket_connections": ("WebSocket upgrades, by outcome", ("outcome",)),
+    "sluice_websocket_calls": ("JSON-RPC calls received over WebSocket", ("method",)),
     "sluice_sdk_metrics_reports": (
         "Delivery-metrics reports analytics.js posted to /v1/m (not stored as events)",
         (),

@@ -18,6 +18,7 @@ import uvicorn
 from ray import serve
 
 from core.config import Config
+from ingress import websocket
 from ingress.app import build_app
 from ingress.counters import ReplicaCounters
 from ingress.writer import SegmentWriter
@@ -54,6 +55,8 @@ class Ingress:
             build_app(config, self.writer, counters),
             loop="uvloop",
             http="httptools",
+            ws="websockets-sansio",
+            ws_max_size=websocket.MAX_FRAME_BYTES,  # a bigger frame closes with 1009
             lifespan="off",
             access_log=False,
             log_level="warning",

@@ -103,16 +103,22 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
 
 def parse_json(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 saying what is wrong with it."""
+    data = parse_json_value(body)
+    if not isinstance(data, dict):
+        raise IngressError(
+            400, "invalid_json", f"request body must be a JSON object, not {type(data).__name__}"
+        )
+    return data
+
+
+def parse_json_value(body: bytes) -> Any:
+    """Any JSON value within the nesting limit, or a 400 saying what is wrong with it."""
     if not body.strip():
         raise IngressError(400, "invalid_json", "request body is empty; send a JSON object")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise IngressError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise IngressError(
-            400, "invalid_json", f"request body must be a JSON object, not {type(data).__name__}"
-        )
     # Counting brackets is C-fast and bounds the depth; walk the tree only past the cap.
     if body.count(b"{") + body.count(b"[") > MAX_DEPTH and _nested_deeper(data, MAX_DEPTH):
         raise IngressError(

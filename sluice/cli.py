@@ -77,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
         "uvicorn + Starlette + orjson baseline, and write a JSON report and a PNG plot.",
     )
     bench.add_argument(
-        "--scenario", required=True, choices=("single", "batch", "gzip-batch"), help="what to send"
+        "--scenario",
+        required=True,
+        choices=("single", "batch", "gzip-batch", "websocket"),
+        help="what to send",
     )
     bench.add_argument("--duration", type=int, default=60, metavar="S", help="seconds of load")
     bench.add_argument("--users", type=int, default=20, metavar="N", help="concurrent users")

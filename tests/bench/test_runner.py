@@ -64,7 +64,9 @@ def _check(report: dict[str, Any], out: Path, scenario: str, work: Path) -> None
     assert plot.read_bytes()[:8] == PNG_MAGIC and plot.stat().st_size > 20_000
 
 
-@pytest.mark.parametrize(("scenario", "workers"), [("batch", 1), ("gzip-batch", 2)])
+@pytest.mark.parametrize(
+    ("scenario", "workers"), [("batch", 1), ("gzip-batch", 2), ("websocket", 1)]
+)
 def test_bench_against_the_baseline(
     baseline: str, tmp_path: Path, scenario: str, workers: int
 ) -> None:
