@@ -16,7 +16,7 @@ import ray
 
 from core.config import SinkSpec
 from sinks import open_sink
-from sinks.base import Batch, Rejected
+from sinks.base import Batch, Delivered
 
 logger = logging.getLogger("sluice.consumer")
 
@@ -29,10 +29,10 @@ class Consumer:
         self.sink = open_sink(spec)
         self.written = 0
 
-    def write(self, batch: Batch) -> list[Rejected]:
-        rejected = self.sink.write(batch)
+    def write(self, batch: Batch) -> Delivered:
+        delivered = self.sink.write(batch)
         self.written += batch.end - batch.start
-        return rejected
+        return delivered
 
     def ping(self) -> int:
         return self.written
@@ -53,11 +53,11 @@ class ConsumerPool:
         self._handles: dict[str, Any] = {}
         self._next = itertools.cycle(names)
 
-    async def write(self, batch_ref: Any) -> list[Rejected]:
+    async def write(self, batch_ref: Any) -> Delivered:
         """Write through one consumer; raises what the sink or Ray raised (caller retries)."""
         name = next(self._next)
         consumer = self._handles.get(name)
         if consumer is None:
             consumer = self._handles[name] = ray.get_actor(name, namespace=self.namespace)
-        result: list[Rejected] = await consumer.write.remote(batch_ref)
+        result: Delivered = await consumer.write.remote(batch_ref)
         return result

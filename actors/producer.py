@@ -30,6 +30,7 @@ import ray
 from actors.consumer import ConsumerPool
 from actors.log import SegmentLog
 from actors.tail import WriterTail
+from actors.trace import RecentBatches, SentBatch, find
 from core import segments
 from core.config import BatchPolicy, SinkSpec
 from sinks.base import Batch
@@ -81,6 +82,7 @@ class Producer:
         segment_bytes: int,
         fsync: bool,
         deadletter: str | None = None,
+        trace_bytes: int = 0,
     ) -> None:
         self.record_type = record_type
         self.log = SegmentLog(
@@ -99,6 +101,7 @@ class Producer:
         self.published = 0
         self._tidied_at = 0.0
         self.flushing = False
+        self.recent = RecentBatches(trace_bytes)
         self.sinks: dict[str, _SinkState] = {}
         for spec, consumers in sinks:
             cursor = self.log.cursors[spec.sink_id].offset
@@ -269,6 +272,24 @@ class Producer:
     async def ping(self) -> str:
         return self.log.log_id
 
+    async def trace(self, message_id: str) -> dict[str, Any] | None:
+        """Where the event `message_id` is, if this log had it lately (see actors/trace.py)."""
+        event, steps = self.recent.steps(message_id)
+        found: dict[str, Any] = {"log": self.log.log_id, "record_type": self.record_type}
+        if event is not None:
+            return {**found, "event": event, "sinks": steps}
+        # Stored, not in a batch yet: the part of the log no sink has been sent.
+        start = max(self.log.start, min((s.dispatched for s in self.sinks.values()), default=0))
+        payloads = self.log.read(start, self.log.end) if start < self.log.end else []
+        offsets = [0]
+        for payload in payloads:
+            offsets.append(offsets[-1] + len(payload))
+        index = find(b"".join(payloads), offsets, message_id)
+        if index is None:
+            return None
+        event = orjson.loads(payloads[index])
+        return {**found, "event": event, "offset": start + index, "sinks": []}
+
     # -- dispatch ------------------------------------------------------------------
 
     def _due(self, state: _SinkState, policy: BatchPolicy) -> bool:
@@ -301,21 +322,23 @@ class Producer:
                     self.log.log_id, self.record_type, start, self.log.read(start, end)
                 )
                 state.dispatched = end
-                task = asyncio.get_running_loop().create_task(self._deliver(state, batch))
+                sent = self.recent.add(state.spec.uri, batch)
+                task = asyncio.get_running_loop().create_task(self._deliver(state, batch, sent))
                 task.add_done_callback(lambda _t: in_flight.release())
 
-    async def _deliver(self, state: _SinkState, batch: Batch) -> None:
+    async def _deliver(self, state: _SinkState, batch: Batch, sent: SentBatch) -> None:
         """Write one batch to its sink, retrying until it is in; then commit in order."""
         ref = ray.put(batch)
         attempt = 0
         while True:
             try:
-                rejected = await state.pool.write(ref)
+                delivered = await state.pool.write(ref)
                 break
             except Exception as exc:  # any failure is retried: the log still holds the batch
                 attempt += 1
                 state.stats.retries += 1
                 state.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                sent.attempts, sent.last_error = attempt, state.stats.last_error
                 delay = random.uniform(0, min(_RETRY_CAP_S, _RETRY_BASE_S * 2**attempt))
                 logger.warning(
                     "%s -> %s: batch %s failed (attempt %d), retrying in %.1fs: %s",
@@ -327,8 +350,9 @@ class Producer:
                     state.stats.last_error,
                 )
                 await asyncio.sleep(delay)
-        if rejected:
-            await self._deadletter(batch, rejected, state)
+        sent.delivered, sent.delivered_at = delivered, time.time()
+        if delivered.rejected:
+            await self._deadletter(batch, delivered.rejected, state)
         state.stats.batches += 1
         state.done[batch.start] = batch.end
         self._commit(state)

@@ -126,6 +126,7 @@ class Supervisor:
             segment_bytes=self.config.segment_bytes,
             fsync=self.config.should_fsync(),
             deadletter=deadletter,
+            trace_bytes=self.config.trace_bytes if self.config.debugger else 0,
         )
         self.producers[(node, log)] = handle
         return handle

@@ -276,7 +276,12 @@ class Config:
     ingress_replicas: int | None = None  # None: one per core of the machine running `serve`
     max_replicas_per_node: int | None = None  # 1 with ingress_replicas = nodes: one per node
     ws_max_in_flight: int = 256  # JSON-RPC frames of one WebSocket being stored at once
+    # The debugger page and traces; admin_token guards them (empty: one made at start).
+    debugger: bool = True
+    admin_token: str = ""
+    trace_bytes: int = 16 * 1024 * 1024  # recent batches kept per log for traces
     generated_key: bool = field(default=False, compare=False)
+    generated_admin_token: bool = field(default=False, compare=False)
 
     @property
     def log_path(self) -> Path:
@@ -322,6 +327,7 @@ _NUMBERS: dict[str, tuple[bool, float, bool]] = {
     "ingress_replicas": (True, 1, True),
     "max_replicas_per_node": (True, 1, True),
     "ws_max_in_flight": (True, 1, True),
+    "trace_bytes": (True, 0, True),
 }
 
 
@@ -364,6 +370,7 @@ def load(
     sinks: list[str] | None = None,
     write_keys: list[str] | None = None,
     log_dir: str | None = None,
+    admin_token: str | None = None,
     base_dir: Path | None = None,
     environ: dict[str, str] | None = None,
 ) -> Config:
@@ -447,7 +454,7 @@ def load(
         )
 
     merged = ("sinks", "write_keys", "sources", "tracking_plans")
-    internal = ("generated_key", "tracking_plan_files")
+    internal = ("generated_key", "generated_admin_token", "tracking_plan_files")
     known = {f for f in Config.__dataclass_fields__ if f not in merged + internal}
     unknown = set(data) - known - set(merged)
     if unknown:
@@ -458,6 +465,16 @@ def load(
     _check_numbers(settings)
     _check_enrichment(settings, base)
     config = Config(**settings)
+    token = admin_token or env.get("SLUICE_ADMIN_TOKEN") or config.admin_token
+    if not isinstance(token, str):
+        raise ConfigError(f"admin_token must be a string, got {token!r}")
+    if token and any(token == k.key for k in keys):
+        raise ConfigError("admin_token is also a write key; give the debugger a token of its own")
+    generated_token = config.debugger and not token
+    if generated_token:
+        token = secrets.token_urlsafe(18)
+    if not isinstance(config.debugger, bool):
+        raise ConfigError(f"debugger must be true or false, got {config.debugger!r}")
     chosen_log_dir = log_dir or config.log_dir
     if chosen_log_dir:
         chosen_log_dir = str((base / chosen_log_dir).resolve())
@@ -472,4 +489,6 @@ def load(
         tracking_plan_files=tuple(plan_files),
         log_dir=chosen_log_dir,
         generated_key=generated,
+        admin_token=token,
+        generated_admin_token=generated_token,
     )

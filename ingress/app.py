@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
@@ -27,7 +29,7 @@ from starlette.websockets import WebSocket
 
 from core.config import Config
 from core.model import DEADLETTER, RecordType
-from ingress import cdn, events
+from ingress import cdn, debugger, events
 from ingress.auth import WriteKeys
 from ingress.cors import CorsPolicy
 from ingress.counters import ReplicaCounters
@@ -171,8 +173,17 @@ class Metrics:
 class IngressState:
     """What every endpoint of one replica shares."""
 
-    def __init__(self, config: Config, store: EventStore, counters: ReplicaCounters) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: EventStore,
+        counters: ReplicaCounters,
+        log_root: Path | None = None,
+        tracer: debugger.Tracer | None = None,
+    ) -> None:
         self.config = config
+        self.log_root = log_root
+        self.tracer = tracer
         self.store = store
         self.counters = counters
         self.keys = WriteKeys(config.write_keys)
@@ -453,6 +464,61 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type="text/plain; version=0.0.4")
 
 
+def _debugger_on(state: IngressState) -> bool:
+    return state.config.debugger and state.log_root is not None
+
+
+async def debugger_page(request: Request) -> Response:
+    """GET /debugger: the live debugger (admin token)."""
+    state = _state(request)
+    if not _debugger_on(state):
+        raise HTTPException(404)
+    return debugger.page(request, state.config.admin_token)
+
+
+async def debugger_script(request: Request) -> Response:
+    if not _debugger_on(_state(request)):
+        raise HTTPException(404)
+    return debugger.script()
+
+
+async def debugger_stream(request: Request) -> Response:
+    """GET /debugger/stream: server-sent events, a sample of what arrives (admin token)."""
+    state = _state(request)
+    if not _debugger_on(state):
+        raise HTTPException(404)
+    assert state.log_root is not None
+    return debugger.stream_response(request, state.config.admin_token, state.log_root)
+
+
+async def debugger_stats(request: Request) -> Response:
+    """GET /debugger/stats: the figures of /metrics as JSON, for the page's panel."""
+    state = _state(request)
+    if not _debugger_on(state):
+        raise HTTPException(404)
+    if not debugger.authorized(request, state.config.admin_token):
+        return debugger.unauthorized()
+    try:
+        logs = await asyncio.wait_for(state.store.stats(), 5.0)
+    except Exception:
+        logs = []
+    counters = {name: dict(values) for name, values in state.counters.node_totals().items()}
+    return json_response(200, {"at": time.time(), "logs": logs, "counters": counters})
+
+
+async def trace(request: Request) -> Response:
+    """GET /v1/trace/{messageId}: where one recent event is (admin token)."""
+    state = _state(request)
+    if not _debugger_on(state):
+        raise HTTPException(404)
+    if not debugger.authorized(request, state.config.admin_token):
+        return debugger.unauthorized()
+    assert state.log_root is not None
+    message_id = request.path_params["message_id"]
+    found = await debugger.trace(message_id, state.log_root, state.tracer)
+    return json_response(200 if found["found"] else 404, found)
+
+
 async def openapi_json(request: Request) -> Response:
     return Response(_state(request).openapi, media_type="application/json")
 
@@ -506,10 +572,16 @@ class IngressApp:
 
 
 def build_app(
-    config: Config, store: EventStore, counters: ReplicaCounters | None = None
+    config: Config,
+    store: EventStore,
+    counters: ReplicaCounters | None = None,
+    *,
+    log_root: Path | None = None,
+    tracer: debugger.Tracer | None = None,
 ) -> IngressApp:
     """The ingress ASGI app for `config`, storing through `store`, counting in `counters`
-    (shared with the node's other replicas; default: this app's alone)."""
+    (shared with the node's other replicas; default: this app's alone). The debugger
+    watches the segment files under `log_root` and traces through `tracer`."""
     browser_paths = [f"/v1/{name}" for name in ENDPOINTS] + ["/v1/m", SETTINGS_PATH]
     routes: list[BaseRoute] = [Route(f"/v1/{name}", ingest, methods=["POST"]) for name in ENDPOINTS]
     routes += [Route(path, preflight, methods=["OPTIONS"]) for path in browser_paths]
@@ -523,9 +595,14 @@ def build_app(
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/debugger", debugger_page, methods=["GET"]),
+        Route("/debugger/app.js", debugger_script, methods=["GET"]),
+        Route("/debugger/stream", debugger_stream, methods=["GET"]),
+        Route("/debugger/stats", debugger_stats, methods=["GET"]),
+        Route("/v1/trace/{message_id}", trace, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error}
     )
-    app.state.ingress = IngressState(config, store, counters or ReplicaCounters())
+    app.state.ingress = IngressState(config, store, counters or ReplicaCounters(), log_root, tracer)
     return IngressApp(app)

@@ -8,6 +8,8 @@ node with no proxy hop. Requests are stored by the replica's `SegmentWriter`.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import socket
 import threading
@@ -17,7 +19,9 @@ import ray
 import uvicorn
 from ray import serve
 
+from actors.supervisor import NAMESPACE, producer_name
 from core.config import Config
+from core.model import DEADLETTER, RecordType
 from ingress import websocket
 from ingress.app import build_app
 from ingress.counters import ReplicaCounters
@@ -51,8 +55,10 @@ class Ingress:
             fsync=config.should_fsync(),
         )
         counters = ReplicaCounters(self.writer.log_root / "replicas", self.writer.writer_id)
+        tracer = functools.partial(_trace, node, [str(t) for t in LOGS])
+        app = build_app(config, self.writer, counters, log_root=self.writer.log_root, tracer=tracer)
         server_config = uvicorn.Config(
-            build_app(config, self.writer, counters),
+            app,
             loop="uvloop",
             http="httptools",
             ws="websockets-sansio",
@@ -81,6 +87,24 @@ class Ingress:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.writer.close()
+
+
+LOGS = [*(t.value for t in RecordType), DEADLETTER]
+
+
+async def _trace(node: str, logs: list[str], message_id: str) -> list[dict[str, Any]]:
+    """Ask this node's producers where `message_id` is (their recent batches and logs)."""
+
+    async def ask(log: str) -> Any:
+        try:
+            producer = ray.get_actor(producer_name(node, log), namespace=NAMESPACE)
+            return await producer.trace.remote(message_id)
+        except Exception as exc:  # a producer restarting: the others still answer
+            logger.warning("trace of %s in %s failed: %s", message_id, log, exc)
+            return None
+
+    found = await asyncio.gather(*(ask(log) for log in logs))
+    return [hit for hit in found if hit]
 
 
 def application(config: Config) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import array
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import pyarrow as pa
@@ -55,6 +55,17 @@ class Rejected:
     reason: str
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """What a sink did with a batch: the events it can never accept, and where the rest
+    went (for traces): the keys it wrote (file, S3), or per event index its
+    `shard/sequence number` (Kinesis), or the receiver's answer (webhook)."""
+
+    rejected: list[Rejected] = field(default_factory=list)
+    locations: list[str] = field(default_factory=list)
+    by_index: bool = False  # `locations` has one entry per event of the batch
+
+
 class Sink(Protocol):
     """A destination. `write` is idempotent per `batch.batch_id`.
 
@@ -64,6 +75,6 @@ class Sink(Protocol):
 
     def __init__(self, spec: SinkSpec) -> None: ...
 
-    def write(self, batch: Batch) -> list[Rejected]: ...
+    def write(self, batch: Batch) -> Delivered: ...
 
     def close(self) -> None: ...

@@ -13,7 +13,7 @@ import orjson
 
 from core import model
 from core.config import SinkSpec
-from sinks.base import Batch, Rejected
+from sinks.base import Batch, Delivered
 from sinks.s3 import open_filesystem
 
 SCHEME = "deadletter"
@@ -32,19 +32,21 @@ class DeadLetterSink:
         self.fs, root = open_filesystem(spec.uri.removeprefix(f"{SCHEME}:"))
         self.root = f"{root}/{model.DEADLETTER}"
 
-    def write(self, batch: Batch) -> list[Rejected]:
+    def write(self, batch: Batch) -> Delivered:
         lines: dict[tuple[str, str], list[bytes]] = defaultdict(list)
         for payload in batch.payloads():
             letter = orjson.loads(payload)
             day, hour = model.hour_partition(letter["receivedAt"])
             lines[(day, hour)].append(payload)
+        paths = []
         for (day, hour), chunk in sorted(lines.items()):
             directory = f"{self.root}/dt={day}/hr={hour}"
             self.fs.create_dir(directory, recursive=True)
             path = f"{directory}/{batch.batch_id}.jsonl"
             with self.fs.open_output_stream(path) as out:
                 out.write(b"\n".join(chunk) + b"\n")
-        return []
+            paths.append(path)
+        return Delivered(locations=paths)
 
     def close(self) -> None:
         pass

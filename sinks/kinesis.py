@@ -21,7 +21,7 @@ from botocore.config import Config
 
 from core import model
 from core.config import SinkSpec
-from sinks.base import Batch, Rejected
+from sinks.base import Batch, Delivered, Rejected
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
@@ -95,9 +95,10 @@ class KinesisSink:
         # follow it: the duplicates that per-key order costs.
         self.resent_in_order = 0
 
-    def write(self, batch: Batch) -> list[Rejected]:
+    def write(self, batch: Batch) -> Delivered:
         """Put every event of `batch`; raise if some still fail after `give_up_after_s`."""
         rejected: list[Rejected] = []
+        sequences = [""] * (batch.end - batch.start)
         queues: dict[str, deque[_Record]] = {}
         for index, data in enumerate(batch.payloads()):
             try:
@@ -125,7 +126,7 @@ class KinesisSink:
         # (at least once, and its last copies in order).
         while queues:
             sent = sorted((r for queue in queues.values() for r in queue), key=lambda r: r.index)
-            failed = {r.index for call in _calls(sent) for r in self._put(call)}
+            failed = {r.index for call in _calls(sent) for r in self._put(call, sequences)}
             self.retries += len(failed)
             retry: list[_Record] = []
             for key in list(queues):
@@ -139,17 +140,22 @@ class KinesisSink:
                 self.resent_in_order += sum(1 for r in queue if r.index not in failed)
             if retry:
                 self._back_off(retry)
-        return rejected
+        return Delivered(rejected, sequences, by_index=True)
 
-    def _put(self, call: list[_Record]) -> list[_Record]:
-        """One PutRecords call; the records it reports as failed."""
+    def _put(self, call: list[_Record], sequences: list[str]) -> list[_Record]:
+        """One PutRecords call; the records it reports as failed. Where the others landed
+        goes into `sequences`."""
         entries: list[PutRecordsRequestEntryTypeDef] = [
             {"Data": r.data, "PartitionKey": r.key} for r in call
         ]
         response = self.client.put_records(StreamName=self.stream, Records=entries)
-        if not response.get("FailedRecordCount"):
-            return []
-        return [r for r, out in zip(call, response["Records"], strict=True) if out.get("ErrorCode")]
+        failed = []
+        for record, out in zip(call, response["Records"], strict=True):
+            if out.get("ErrorCode"):
+                failed.append(record)
+            else:
+                sequences[record.index] = f"{out.get('ShardId')}/{out.get('SequenceNumber')}"
+        return failed
 
     def _back_off(self, failed: list[_Record]) -> None:
         now = time.monotonic()

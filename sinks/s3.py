@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from core import model
 from core.config import SinkSpec
 from sinks import columns
-from sinks.base import Batch, Rejected
+from sinks.base import Batch, Delivered, Rejected
 
 
 def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -61,19 +61,22 @@ class ParquetSink:
         self.fs, self.root = open_filesystem(spec.uri)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
-    def write(self, batch: Batch) -> list[Rejected]:
+    def write(self, batch: Batch) -> Delivered:
         decoded, bad = columns.decode_or_split(batch.payloads())
         table = columns.to_table(decoded)
         events = decoded.events
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
         for i, event in enumerate(events):
             groups[(event.source or "default", event.receivedAt[:13])].append(i)
+        keys = []
         for (source, hour_text), rows in sorted(groups.items()):
             day, hour = model.hour_partition(hour_text)
             part = table if len(rows) == len(events) else table.take(rows)
             directory = f"{self.root}/source={source}/type={batch.record_type}/dt={day}/hr={hour}"
             self._write_file(directory, f"{batch.batch_id}.parquet", part)
-        return [Rejected(index, f"{self.spec.uri}: {reason}") for index, reason in bad]
+            keys.append(f"{directory}/{batch.batch_id}.parquet")
+        rejected = [Rejected(index, f"{self.spec.uri}: {reason}") for index, reason in bad]
+        return Delivered(rejected, keys)
 
     def _write_file(self, directory: str, name: str, table: Any) -> None:
         path = f"{directory}/{name}"

@@ -25,8 +25,9 @@ def _serve(args: argparse.Namespace) -> int:
             sinks=args.sink,
             write_keys=args.write_key,
             log_dir=args.log_dir,
+            admin_token=args.admin_token,
         )
-        return serve_forever(config, args.address)
+        return serve_forever(config, args.address, ray_dashboard=args.ray_dashboard)
     except (config_mod.ConfigError, StartupError) as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
@@ -65,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--address", help="Ray cluster to deploy onto (default: RAY_ADDRESS, else a local Ray)"
+    )
+    serve.add_argument(
+        "--admin-token",
+        help="token that opens /debugger and /v1/trace (also SLUICE_ADMIN_TOKEN; default: "
+        "one made and printed at start)",
+    )
+    serve.add_argument(
+        "--ray-dashboard",
+        action="store_true",
+        help="start Ray's dashboard (:8265) and state API with the local Ray (off: saves "
+        "memory and start time)",
     )
     serve.add_argument("--in-session", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)

@@ -113,7 +113,7 @@ def sized_to_space(config: Config) -> Config:
     return dataclasses.replace(config, log_capacity_bytes=fits)
 
 
-def serve_forever(config: Config, address: str | None = None) -> int:
+def serve_forever(config: Config, address: str | None = None, ray_dashboard: bool = False) -> int:
     """Start everything, print the ready line, block until SIGINT/SIGTERM, flush, stop."""
     import ray
     from ray import serve
@@ -137,7 +137,7 @@ def serve_forever(config: Config, address: str | None = None) -> int:
         )
     init: dict[str, Any] = {
         "namespace": NAMESPACE,
-        "include_dashboard": False,
+        "include_dashboard": ray_dashboard,
         "logging_level": logging.WARNING,
     }
     if address or os.environ.get("RAY_ADDRESS"):
@@ -171,6 +171,14 @@ def serve_forever(config: Config, address: str | None = None) -> int:
                 f"sluice: no write key configured; generated one: {config.write_keys[0].key}",
                 flush=True,
             )
+        if config.generated_admin_token:
+            print(
+                f"sluice: debugger: http://{config.host}:{config.port}/debugger?token="
+                f"{config.admin_token}",
+                flush=True,
+            )
+        if ray_dashboard:
+            print("sluice: Ray dashboard on http://127.0.0.1:8265", flush=True)
         print(f"sluice ready on http://{config.host}:{config.port}", flush=True)
         while not stop.wait(0.5):
             pass

@@ -84,8 +84,8 @@ def record_calls(sink: KinesisSink) -> list[tuple[int, int]]:
 
 def test_batches_from_many_users_arrive_once_and_in_order(sink: KinesisSink) -> None:
     payloads = make_events(4000, users=50)
-    assert sink.write(Batch.of("track-0", "track", 0, payloads[:2500])) == []
-    assert sink.write(Batch.of("track-0", "track", 2500, payloads[2500:])) == []
+    assert sink.write(Batch.of("track-0", "track", 0, payloads[:2500])).rejected == []
+    assert sink.write(Batch.of("track-0", "track", 2500, payloads[2500:])).rejected == []
     assert_delivered(sink.stream, payloads)
     assert sink.retries == 0
 
@@ -93,7 +93,7 @@ def test_batches_from_many_users_arrive_once_and_in_order(sink: KinesisSink) -> 
 def test_calls_hold_at_most_500_records(sink: KinesisSink) -> None:
     payloads = make_events(1600, users=100_000)  # nearly every event its own user
     calls = record_calls(sink)
-    assert sink.write(Batch.of("track-0", "track", 0, payloads)) == []
+    assert sink.write(Batch.of("track-0", "track", 0, payloads)).rejected == []
     assert max(n for n, _ in calls) == MAX_RECORDS_PER_CALL
     assert sum(n for n, _ in calls) == len(payloads)
     assert_delivered(sink.stream, payloads)
@@ -102,7 +102,7 @@ def test_calls_hold_at_most_500_records(sink: KinesisSink) -> None:
 def test_calls_hold_at_most_5_mib(sink: KinesisSink) -> None:
     payloads = make_events(40, users=40, pad=700_000)  # ~0.7 MiB each: 7 fit in one call
     calls = record_calls(sink)
-    assert sink.write(Batch.of("track-0", "track", 0, payloads)) == []
+    assert sink.write(Batch.of("track-0", "track", 0, payloads)).rejected == []
     assert all(size <= MAX_BYTES_PER_CALL for _, size in calls)
     assert max(n for n, _ in calls) == 7
     assert_delivered(sink.stream, payloads)
@@ -111,7 +111,7 @@ def test_calls_hold_at_most_5_mib(sink: KinesisSink) -> None:
 def test_event_over_1_mib_is_rejected_and_the_rest_written(sink: KinesisSink) -> None:
     payloads = make_events(300, users=20)
     payloads[123] = make_events(1, users=1, pad=1024 * 1024)[0]
-    rejected = sink.write(Batch.of("track-0", "track", 0, payloads))
+    rejected = sink.write(Batch.of("track-0", "track", 0, payloads)).rejected
     assert [r.index for r in rejected] == [123]
     assert "1048576-byte limit" in rejected[0].reason
     assert_delivered(sink.stream, payloads[:123] + payloads[124:])
@@ -158,7 +158,7 @@ def test_partial_failures_are_retried_without_loss_or_reordering(sink: KinesisSi
     sink.backoff_base_s = 0.001
     refused = fail_some_records(sink, share=0.3)
     payloads = make_events(3000, users=50, seed=2)
-    assert sink.write(Batch.of("track-0", "track", 0, payloads)) == []
+    assert sink.write(Batch.of("track-0", "track", 0, payloads)).rejected == []
     assert sum(refused) > 500
     assert sink.retries == sum(refused)
     # What landed after an earlier event of its user failed is sent again behind it.
@@ -168,7 +168,7 @@ def test_partial_failures_are_retried_without_loss_or_reordering(sink: KinesisSi
 def test_one_users_events_share_calls(sink: KinesisSink) -> None:
     payloads = make_events(1000, users=1)
     calls = record_calls(sink)
-    assert sink.write(Batch.of("track-0", "track", 0, payloads)) == []
+    assert sink.write(Batch.of("track-0", "track", 0, payloads)).rejected == []
     assert len(calls) == 2  # 500 records a call, not one call per event
     assert_delivered(sink.stream, payloads)
 

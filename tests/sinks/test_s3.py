@@ -71,7 +71,7 @@ def test_s3_batch_reads_back_as_one_partitioned_table(moto_server: str) -> None:
     sink = ParquetSink(SinkSpec.parse(f"s3://{bucket}/events", Path.cwd()))
     payloads = make_events(1000)
     batch = Batch.of("track-0", "track", 0, payloads)
-    assert sink.write(batch) == []
+    assert sink.write(batch).rejected == []
 
     fs, root = open_filesystem(f"s3://{bucket}/events")
     table = ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive").to_table()
@@ -80,7 +80,7 @@ def test_s3_batch_reads_back_as_one_partitioned_table(moto_server: str) -> None:
     assert partitions_of(table.to_pylist()) == expected_partitions(payloads)
 
     # A retried batch overwrites its own files instead of adding to them.
-    assert sink.write(batch) == []
+    assert sink.write(batch).rejected == []
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert len(keys) == len(expected_partitions(payloads)) == 4
     assert all(k.endswith(f"/{batch.batch_id}.parquet") for k in keys)
@@ -92,9 +92,9 @@ def test_s3_batch_reads_back_as_one_partitioned_table(moto_server: str) -> None:
 def test_file_tree_reads_with_pyarrow_and_duckdb(tmp_path: Path) -> None:
     sink = ParquetSink(SinkSpec.parse("file://./lake", tmp_path))
     payloads = make_events(300)
-    assert sink.write(Batch.of("track-0", "track", 0, payloads[:200])) == []
-    assert sink.write(Batch.of("track-0", "track", 200, payloads[200:])) == []
-    assert sink.write(Batch.of("track-0", "track", 200, payloads[200:])) == []  # retried
+    assert sink.write(Batch.of("track-0", "track", 0, payloads[:200])).rejected == []
+    assert sink.write(Batch.of("track-0", "track", 200, payloads[200:])).rejected == []
+    assert sink.write(Batch.of("track-0", "track", 200, payloads[200:])).rejected == []  # retried
     assert not list((tmp_path / "lake").rglob(".*.tmp"))
 
     table = ds.dataset(tmp_path / "lake", format="parquet", partitioning="hive").to_table()
@@ -147,7 +147,7 @@ def test_s3_down_raises_then_the_retry_lands(
         server = ThreadedMotoServer("127.0.0.1", port, verbose=False)
         server.start()
         ensure_bucket(bucket)
-        assert sink.write(batch) == []
+        assert sink.write(batch).rejected == []
         fs, root = open_filesystem(f"s3://{bucket}/events")
         assert ds.dataset(root, filesystem=fs, format="parquet").count_rows() == 50
     finally:
@@ -186,7 +186,7 @@ def test_odd_values_are_written_and_an_undecodable_record_is_refused_alone(
     odd_payload = orjson.dumps(odd)[:-1] + b',"groupId":[18446744073709551616]}'
     payloads = [*make_events(4), odd_payload, b"{"]
     sink = ParquetSink(SinkSpec.parse(f"file://{tmp_path}/lake", Path.cwd()))
-    rejected = sink.write(Batch.of("track-0", "track", 0, payloads))
+    rejected = sink.write(Batch.of("track-0", "track", 0, payloads)).rejected
     assert [r.index for r in rejected] == [5]
     rows = ds.dataset(tmp_path / "lake", format="parquet", partitioning="hive").to_table()
     by_id = {r["message_id"]: r for r in rows.to_pylist()}
