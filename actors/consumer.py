@@ -17,6 +17,7 @@ import ray
 from core.config import SinkSpec
 from sinks import open_sink
 from sinks.base import Batch, Delivered
+from sinks.select import Selector, mapped_back
 
 logger = logging.getLogger("sluice.consumer")
 
@@ -27,10 +28,16 @@ class Consumer:
     def __init__(self, spec: SinkSpec) -> None:
         self.spec = spec
         self.sink = open_sink(spec)
+        self.selector = Selector.for_spec(spec)
         self.written = 0
 
     def write(self, batch: Batch) -> Delivered:
-        delivered = self.sink.write(batch)
+        if self.selector is None:
+            delivered = self.sink.write(batch)
+        else:
+            chosen, kept, failed = self.selector.select(batch)
+            written = self.sink.write(chosen) if kept else Delivered()
+            delivered = mapped_back(written, kept, failed, batch.end - batch.start)
         self.written += batch.end - batch.start
         return delivered
 

@@ -33,7 +33,7 @@ from actors.tail import WriterTail
 from actors.trace import RecentBatches, SentBatch, find
 from core import segments
 from core.config import BatchPolicy, SinkSpec
-from sinks.base import Batch
+from sinks.base import Batch, Delivered, Rejected
 
 logger = logging.getLogger("sluice.producer")
 
@@ -46,6 +46,8 @@ _TAIL_IDLE_S = 0.05
 #: least once a second (replicas take a producer silent for 3 s as not running).
 _PUBLISH_S = 0.1
 _PUBLISH_IDLE_S = 1.0
+#: Log fill past which a sink marked `critical: false` dead-letters what it cannot write.
+_DROP_AT_FILL = 0.8
 
 
 @dataclass
@@ -54,6 +56,7 @@ class SinkStats:
     batches: int = 0
     retries: int = 0
     deadlettered: int = 0
+    dropped: int = 0  # a non-critical sink's events dead-lettered while the log was full
     last_error: str = ""
 
 
@@ -194,6 +197,7 @@ class Producer:
                     "batches": s.stats.batches,
                     "retries": s.stats.retries,
                     "deadlettered": s.stats.deadlettered,
+                    "dropped": s.stats.dropped,
                     "last_error": s.stats.last_error,
                     "lag_s": self._lag_s(s),
                 }
@@ -335,6 +339,9 @@ class Producer:
                 delivered = await state.pool.write(ref)
                 break
             except Exception as exc:  # any failure is retried: the log still holds the batch
+                if self._may_drop(state):
+                    delivered = await self._drop(state, batch, exc)
+                    break
                 attempt += 1
                 state.stats.retries += 1
                 state.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
@@ -356,6 +363,21 @@ class Producer:
         state.stats.batches += 1
         state.done[batch.start] = batch.end
         self._commit(state)
+
+    def _may_drop(self, state: _SinkState) -> bool:
+        """A non-critical sink gives up on a failing batch once the log is this full."""
+        full = self.log.held_bytes >= self.log.capacity_bytes * _DROP_AT_FILL
+        return not state.spec.critical and full
+
+    async def _drop(self, state: _SinkState, batch: Batch, exc: Exception) -> Delivered:
+        reason = (
+            f"{state.spec.uri} is not critical and was behind while the log was full "
+            f"({type(exc).__name__}: {exc}); dropped from this sink"
+        )[:500]
+        count = batch.end - batch.start
+        state.stats.dropped += count
+        logger.warning("%s: %d events %s", self.record_type, count, reason)
+        return Delivered([Rejected(i, reason) for i in range(count)])
 
     def _commit(self, state: _SinkState) -> None:
         cursor = self.log.cursors[state.spec.sink_id].offset

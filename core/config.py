@@ -20,7 +20,9 @@ import yaml
 
 from core.model import RecordType
 
-SINK_SCHEMES = ("file", "s3", "kinesis")
+SINK_SCHEMES = ("file", "s3", "kinesis", "webhook+http", "webhook+https")
+#: Sink settings besides the batch policy (URI query or the sink's mapping in YAML).
+LAYOUTS = ("raw", "tables")
 #: What a source does with events that break its tracking plan.
 PLAN_MODES = ("off", "warn", "reject")
 # Source names become partition directories (`source=NAME`): keep them path-safe.
@@ -44,7 +46,10 @@ class BatchPolicy:
 
     @classmethod
     def default_for(cls, scheme: str) -> BatchPolicy:
-        """Kinesis wants low latency; object stores want large files."""
+        """Kinesis and webhooks want low latency; object stores want large files."""
+        if scheme.startswith("webhook"):
+            # In order per user: one batch at a time, as for Kinesis.
+            return cls(max_events=500, max_bytes=4 * 1024 * 1024, max_age_s=1.0, max_in_flight=1)
         if scheme == "kinesis":
             # One batch at a time: a failed batch retried after a later one landed
             # would put a user's events out of order in their shard.
@@ -73,12 +78,50 @@ class BatchPolicy:
 
 
 @dataclass(frozen=True)
+class SinkFilters:
+    """Which events a sink takes; an empty tuple takes every value."""
+
+    types: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> SinkFilters:
+        known = {"types", "events", "sources"}
+        if not isinstance(value, dict) or set(value) - known:
+            raise ConfigError(f"filters: a mapping of {sorted(known)} to lists, got {value!r}")
+        out = {}
+        for key, items in value.items():
+            items = [items] if isinstance(items, str) else items
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ConfigError(f"filters.{key} must be a list of names, got {items!r}")
+            out[key] = tuple(items)
+        return cls(**out)
+
+    def keeps(self, event: dict[str, Any]) -> bool:
+        return (
+            (not self.types or event.get("type") in self.types)
+            and (not self.events or event.get("event") in self.events)
+            and (not self.sources or event.get("source") in self.sources)
+        )
+
+
+@dataclass(frozen=True)
 class SinkSpec:
-    """One destination: `file:///abs/dir`, `s3://bucket/prefix` or `kinesis://stream`."""
+    """One destination: `file:///abs/dir`, `s3://bucket/prefix`, `kinesis://stream` or
+    `webhook+https://host/path`."""
 
     uri: str
     policy: BatchPolicy
     consumers: int = 1
+    filters: SinkFilters | None = None
+    transform: str = ""  # module:function, event in, event (or None: dropped) out
+    # False: when the log fills while this sink is behind, its batches are dead-lettered
+    # instead of holding the other sinks back with 503s.
+    critical: bool = True
+    layout: str = "raw"  # file/s3: "tables" adds one typed table per event
+    headers: tuple[tuple[str, str], ...] = ()  # webhook: sent with every POST
+    timeout_s: float = 10.0  # webhook: per request
 
     @property
     def scheme(self) -> str:
@@ -108,6 +151,7 @@ class SinkSpec:
         values: dict[str, Any] = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         values.update(options or {})
         consumers = int(values.pop("consumers", 1))
+        extra = _sink_settings(text, parts.scheme, values)
         policy = BatchPolicy.default_for(parts.scheme).updated(values)
         if parts.scheme == "file":
             # file://./rel and file://rel are relative to where `sluice serve` started.
@@ -118,7 +162,37 @@ class SinkSpec:
             if not parts.netloc:
                 raise ConfigError(f"sink {text!r}: name the bucket or stream after '//'")
             uri = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-        return cls(uri=uri, policy=policy, consumers=max(1, consumers))
+        return cls(uri=uri, policy=policy, consumers=max(1, consumers), **extra)
+
+
+def _sink_settings(text: str, scheme: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Take the settings of a sink that are not its batch policy out of `values`."""
+    extra: dict[str, Any] = {}
+    if "filters" in values:
+        extra["filters"] = SinkFilters.parse(values.pop("filters"))
+    if "transform" in values:
+        transform = values.pop("transform")
+        if not isinstance(transform, str) or ":" not in transform:
+            raise ConfigError(f"sink {text!r}: transform must be module:function")
+        extra["transform"] = transform
+    if "critical" in values:
+        critical = values.pop("critical")
+        if isinstance(critical, str):
+            critical = critical.lower() not in ("false", "0", "no")
+        extra["critical"] = bool(critical)
+    if "layout" in values:
+        layout = values.pop("layout")
+        if layout not in LAYOUTS or scheme not in ("file", "s3"):
+            raise ConfigError(f"sink {text!r}: layout is raw or tables, on file:// and s3:// sinks")
+        extra["layout"] = layout
+    if "headers" in values:
+        headers = values.pop("headers")
+        if not isinstance(headers, dict) or not scheme.startswith("webhook"):
+            raise ConfigError(f"sink {text!r}: headers is a mapping, for webhook sinks")
+        extra["headers"] = tuple((str(k), str(v)) for k, v in headers.items())
+    if "timeout_s" in values:
+        extra["timeout_s"] = float(values.pop("timeout_s"))
+    return extra
 
 
 @dataclass(frozen=True)
@@ -280,6 +354,10 @@ class Config:
     debugger: bool = True
     admin_token: str = ""
     trace_bytes: int = 16 * 1024 * 1024  # recent batches kept per log for traces
+    # A messageId seen from the same source within this many seconds is answered 200 and
+    # not stored again (0: off); a window holds up to dedup_capacity ids (ingress/dedup.py).
+    dedup_window: float = 86_400.0
+    dedup_capacity: int = 10_000_000
     generated_key: bool = field(default=False, compare=False)
     generated_admin_token: bool = field(default=False, compare=False)
 
@@ -328,6 +406,8 @@ _NUMBERS: dict[str, tuple[bool, float, bool]] = {
     "max_replicas_per_node": (True, 1, True),
     "ws_max_in_flight": (True, 1, True),
     "trace_bytes": (True, 0, True),
+    "dedup_window": (False, 0, True),
+    "dedup_capacity": (True, 1, True),
 }
 
 

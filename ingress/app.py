@@ -33,6 +33,7 @@ from ingress import cdn, debugger, events
 from ingress.auth import WriteKeys
 from ingress.cors import CorsPolicy
 from ingress.counters import ReplicaCounters
+from ingress.dedup import SeenIds
 from ingress.enrich import Enrichment
 from ingress.events import IngressError, Rejection
 from ingress.openapi import openapi_document
@@ -41,6 +42,7 @@ from ingress.ratelimit import TokenBucket, retry_after
 
 logger = logging.getLogger("sluice.ingress")
 
+DEDUP_DIR = "_dedup"  # in the node's log directory
 _JSON_TYPES = ("application/json", "text/plain")  # text/plain: browsers' sendBeacon
 
 #: Path name under /v1/ -> the record type it takes, or "batch". The one-letter names are
@@ -135,6 +137,11 @@ class _StoreCollector:
             "Events a sink refused for good",
             labels=["type", "sink"],
         )
+        dropped = GaugeMetricFamily(
+            "sluice_sink_events_dropped",
+            "Events a non-critical sink dead-lettered because it was behind while the log was full",
+            labels=["type", "sink"],
+        )
         lag = GaugeMetricFamily(
             "sluice_sink_lag_seconds",
             "Age of the oldest event a sink has not committed",
@@ -154,8 +161,9 @@ class _StoreCollector:
                 committed.add_metric([kind, sink["uri"]], sink["committed"])
                 retries.add_metric([kind, sink["uri"]], sink["retries"])
                 dead.add_metric([kind, sink["uri"]], sink["deadlettered"])
+                dropped.add_metric([kind, sink["uri"]], sink.get("dropped", 0))
                 lag.add_metric([kind, sink["uri"]], sink["lag_s"])
-        yield from (stored, in_log, committed, retries, dead, lag, restarts)
+        yield from (stored, in_log, committed, retries, dead, dropped, lag, restarts)
 
 
 class Metrics:
@@ -184,6 +192,11 @@ class IngressState:
         self.config = config
         self.log_root = log_root
         self.tracer = tracer
+        self.dedup = (
+            SeenIds(log_root / DEDUP_DIR, config.dedup_window, config.dedup_capacity)
+            if log_root is not None and config.dedup_window > 0
+            else None
+        )
         self.store = store
         self.counters = counters
         self.keys = WriteKeys(config.write_keys)
@@ -351,8 +364,35 @@ async def accept_and_store(
     )
     for r in parsed.rejected:
         state.counters.add("sluice_events_rejected", r.code)
+    if state.dedup is not None:
+        _drop_duplicates(state, state.dedup, parsed, source)
     await _store(state, parsed, source, bulk=record_type is None)
+    if state.dedup is not None:
+        for ids in parsed.ids.values():
+            state.dedup.add(source, ids)
     return _answer(state, parsed, single=record_type is not None)
+
+
+def _drop_duplicates(
+    state: IngressState, dedup: SeenIds, parsed: events.Parsed, source: str
+) -> None:
+    """Take out of `parsed` the events whose messageId this source sent within the window
+    (or earlier in this request): they are answered 200 and not stored again."""
+    for kind, ids in parsed.ids.items():
+        seen = dedup.seen(source, ids)
+        if len(ids) > 1:
+            first: set[str] = set()
+            for i, message_id in enumerate(ids):
+                seen[i] = seen[i] or message_id in first
+                first.add(message_id)
+        if not any(seen):
+            continue
+        payloads = parsed.by_type[kind]
+        parsed.by_type[kind] = [p for p, dup in zip(payloads, seen, strict=True) if not dup]
+        parsed.ids[kind] = [m for m, dup in zip(ids, seen, strict=True) if not dup]
+        state.counters.add("sluice_duplicates", kind, amount=sum(seen))
+    for kind in [k for k, payloads in parsed.by_type.items() if not payloads]:
+        del parsed.by_type[kind], parsed.ids[kind]
 
 
 def _with_cors(state: IngressState, request: Request, response: Response) -> Response:

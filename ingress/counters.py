@@ -26,6 +26,10 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sluice_http_requests": ("HTTP requests", ("endpoint", "status")),
     "sluice_events_accepted": ("Events answered 200 and stored", ("type",)),
     "sluice_events_rejected": ("Events refused by validation", ("code",)),
+    "sluice_duplicates": (
+        "Events answered 200 and not stored: their messageId came within dedup_window",
+        ("type",),
+    ),
     "sluice_events_dropped": ("Events answered 200 and dropped by an enricher (bots)", ()),
     "sluice_enrich_errors": (
         "Events an enricher raised on (they went on without its fields)",

@@ -72,6 +72,7 @@ class Parsed:
     """The accepted events of one request, serialized and grouped by record type."""
 
     by_type: dict[str, list[bytes]] = field(default_factory=dict)
+    ids: dict[str, list[str]] = field(default_factory=dict)  # messageIds, as `by_type`
     rejected: list[Rejection] = field(default_factory=list)
     received_at: str = ""
     dropped: int = 0  # answered 200, not stored (an enricher such as `bot` in drop mode)
@@ -390,6 +391,7 @@ def accept(
             parsed.rejected.append(Rejection(index, exc.code, exc.message, item, exc.violations))
             continue
         parsed.by_type.setdefault(kind, []).append(payload)
+        parsed.ids.setdefault(kind, []).append(str(event["messageId"]))
     return parsed
 
 

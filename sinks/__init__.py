@@ -16,6 +16,10 @@ def open_sink(spec: SinkSpec) -> Sink:
         from sinks.kinesis import KinesisSink
 
         return KinesisSink(spec)
+    if spec.scheme.startswith("webhook"):
+        from sinks.webhook import WebhookSink
+
+        return WebhookSink(spec)
     if spec.scheme == "deadletter":
         from sinks.deadletter import DeadLetterSink
 

@@ -126,6 +126,11 @@ def serve_forever(config: Config, address: str | None = None, ray_dashboard: boo
     from ingress.enrich import Enrichment
 
     Enrichment.from_config(config)  # an enricher that does not load: ConfigError now
+    from core.plugins import load_callable
+
+    for spec in config.sinks:
+        if spec.transform:
+            load_callable(spec.transform, f"sink {spec.uri}: transform")
     if config.tracking_plans:
         from ingress.plans import TrackingPlan
 

@@ -11,12 +11,12 @@ An enricher never fails a request: one that raises is counted
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from core.config import Config, ConfigError
+from core.plugins import load_callable
 from ingress.counters import ReplicaCounters
 
 logger = logging.getLogger("sluice.enrich")
@@ -55,18 +55,8 @@ def _builtin(name: str, config: Config) -> Enricher:
 
 
 def _imported(spec: str) -> Enricher:
-    module_name, _, attribute = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-        enricher = getattr(module, attribute)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(
-            f"enrich: cannot load {spec!r} ({type(exc).__name__}: {exc}); the module must be "
-            "importable where Sluice runs (installed, or on PYTHONPATH)"
-        ) from exc
-    if not callable(enricher):
-        raise ConfigError(f"enrich: {spec!r} is not a function (event dict in, event dict out)")
-    return enricher  # type: ignore[no-any-return]
+    enricher: Enricher = load_callable(spec, "enrich")
+    return enricher
 
 
 #: Where the built-in enrichers write (they read `userAgent`, `ip` and `page` only).

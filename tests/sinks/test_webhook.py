@@ -1,0 +1,95 @@
+"""The webhook sink against a real receiver on loopback (no Ray): Segment's batch shape,
+retries on 5xx, 429 and timeouts, dead letters on other 4xx, filters and transform."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from actors.consumer import Consumer
+from core.config import SinkSpec
+from sinks.base import Batch
+from sinks.webhook import POST_EVENTS, WebhookSink
+from tests.receiver import Receiver
+
+
+def spec(url: str, **options: object) -> SinkSpec:
+    return SinkSpec.parse(f"webhook+{url}", Path.cwd(), {"timeout_s": 1.0, **options})
+
+
+def batch(n: int, start: int = 0) -> Batch:
+    payloads = [
+        orjson.dumps(
+            {
+                "type": "track",
+                "event": "Tick" if i % 2 else "Tock",
+                "userId": f"u{i % 3}",
+                "messageId": f"m{i}",
+                "source": "web",
+                "properties": {"seq": i},
+            }
+        )
+        for i in range(start, start + n)
+    ]
+    return Batch.of("log1", "track", start, payloads)
+
+
+def test_batches_in_segment_shape_with_headers_and_retries() -> None:
+    with Receiver([503, 503, 429, "timeout"], hang_s=2.0) as receiver:
+        sink = WebhookSink(spec(receiver.url, headers={"Authorization": "Bearer s3cret"}))
+        sink.backoff_base_s = 0.01
+        delivered = sink.write(batch(250))
+    assert delivered.rejected == []
+    assert receiver.ids() == [f"m{i}" for i in range(250)]  # in order, once each
+    assert receiver.requests == 4 + 3  # three POSTs of at most 100, after four failures
+    assert all(h["authorization"] == "Bearer s3cret" for h in receiver.headers)
+    assert all(h["content-type"] == "application/json" for h in receiver.headers)
+    assert sink.retries == 4
+    assert delivered.locations == [f"{receiver.url}: HTTP 200"]
+
+
+def test_a_4xx_refuses_its_post_for_good_and_the_rest_goes_on() -> None:
+    with Receiver([400]) as receiver:
+        delivered = WebhookSink(spec(receiver.url)).write(batch(POST_EVENTS + 10))
+    assert [r.index for r in delivered.rejected] == list(range(POST_EVENTS))
+    assert "webhook answered 400" in delivered.rejected[0].reason
+    assert '"scripted"' in delivered.rejected[0].reason
+    assert receiver.ids() == [f"m{i}" for i in range(POST_EVENTS, POST_EVENTS + 10)]
+
+
+def test_a_receiver_down_for_good_raises_so_the_producer_retries_later() -> None:
+    sink = WebhookSink(spec("http://127.0.0.1:9/hook"))
+    sink.give_up_after_s = 0.3
+    sink.backoff_base_s = 0.01
+    with pytest.raises(RuntimeError, match="still failing"):
+        sink.write(batch(5))
+
+
+def double_seq(event: dict[str, object]) -> dict[str, object] | None:
+    if event["userId"] == "u2":
+        return None
+    if event["userId"] == "u1":
+        raise ValueError("no u1 here")
+    event["properties"] = {"seq": 2 * event["properties"]["seq"]}  # type: ignore[index]
+    return event
+
+
+def test_filters_and_transform_apply_before_the_sink() -> None:
+    with Receiver() as receiver:
+        consumer = Consumer(
+            spec(
+                receiver.url,
+                filters={"events": ["Tick"]},
+                transform="tests.sinks.test_webhook:double_seq",
+            )
+        )
+        delivered = consumer.write(batch(12))
+    # Tick events are the odd ones; u2 dropped by the transform, u1 refused by it.
+    sent = [(e["messageId"], e["properties"]["seq"]) for e in receiver.events]
+    assert sent == [(f"m{i}", 2 * i) for i in range(12) if i % 2 and i % 3 == 0]
+    assert sorted(r.index for r in delivered.rejected) == [
+        i for i in range(12) if i % 2 and i % 3 == 1
+    ]
+    assert "no u1 here" in delivered.rejected[0].reason
