@@ -504,40 +504,41 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type="text/plain; version=0.0.4")
 
 
-def _debugger_on(state: IngressState) -> bool:
-    return state.config.debugger and state.log_root is not None
+def _admin(request: Request) -> IngressState:
+    """The replica's state once the request shows the admin token and the debugger is on;
+    else 401 (asked first, so nothing tells a caller without the token whether it is on)
+    or 404."""
+    state = _state(request)
+    if not debugger.authorized(request, state.config.admin_token):
+        raise HTTPException(401)
+    if not state.config.debugger or state.log_root is None:
+        raise HTTPException(404)
+    return state
 
 
 async def debugger_page(request: Request) -> Response:
     """GET /debugger: the live debugger (admin token)."""
-    state = _state(request)
-    if not _debugger_on(state):
-        raise HTTPException(404)
-    return debugger.page(request, state.config.admin_token)
+    return debugger.page(request, _admin(request).config.admin_token)
 
 
 async def debugger_script(request: Request) -> Response:
-    if not _debugger_on(_state(request)):
+    """GET /debugger/app.js: the page's script (nothing secret in it)."""
+    state = _state(request)
+    if not state.config.debugger or state.log_root is None:
         raise HTTPException(404)
     return debugger.script()
 
 
 async def debugger_stream(request: Request) -> Response:
     """GET /debugger/stream: server-sent events, a sample of what arrives (admin token)."""
-    state = _state(request)
-    if not _debugger_on(state):
-        raise HTTPException(404)
+    state = _admin(request)
     assert state.log_root is not None
-    return debugger.stream_response(request, state.config.admin_token, state.log_root)
+    return debugger.stream_response(request, state.log_root)
 
 
 async def debugger_stats(request: Request) -> Response:
     """GET /debugger/stats: the figures of /metrics as JSON, for the page's panel."""
-    state = _state(request)
-    if not _debugger_on(state):
-        raise HTTPException(404)
-    if not debugger.authorized(request, state.config.admin_token):
-        return debugger.unauthorized()
+    state = _admin(request)
     try:
         logs = await asyncio.wait_for(state.store.stats(), 5.0)
     except Exception:
@@ -548,11 +549,7 @@ async def debugger_stats(request: Request) -> Response:
 
 async def trace(request: Request) -> Response:
     """GET /v1/trace/{messageId}: where one recent event is (admin token)."""
-    state = _state(request)
-    if not _debugger_on(state):
-        raise HTTPException(404)
-    if not debugger.authorized(request, state.config.admin_token):
-        return debugger.unauthorized()
+    state = _admin(request)
     assert state.log_root is not None
     message_id = request.path_params["message_id"]
     found = await debugger.trace(message_id, state.log_root, state.tracer)
@@ -566,6 +563,8 @@ async def openapi_json(request: Request) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     """404 and 405 (with `Allow`) as JSON errors."""
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 401:
+        return debugger.unauthorized()
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
     body = {
         "success": False,

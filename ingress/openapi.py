@@ -281,6 +281,56 @@ def openapi_document() -> dict[str, Any]:
             },
         }
     }
+    admin_errors = {
+        "401": {
+            "description": "No admin token (write keys do not count).",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        },
+        "404": {
+            "description": "The debugger is off (`debugger: false`), or no such event lately.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+    }
+    admin: list[dict[str, list[str]]] = [{"adminToken": []}]
+    for path, summary, media in (
+        ("/debugger", "The live debugger page (`?token=` sets its cookie)", "text/html"),
+        ("/debugger/app.js", "The debugger page's script", "text/javascript"),
+        (
+            "/debugger/stream",
+            "Server-sent events: a sample of arriving events",
+            "text/event-stream",
+        ),
+        ("/debugger/stats", "Per log and sink figures, as /metrics, in JSON", "application/json"),
+    ):
+        paths[path] = {
+            "get": {
+                "summary": summary,
+                "security": [] if path.endswith(".js") else admin,
+                "responses": {
+                    "200": {
+                        "description": "OK.",
+                        "content": {media: {"schema": {"type": "string"}}},
+                    },
+                    **admin_errors,
+                },
+            }
+        }
+    paths["/v1/trace/{message_id}"] = {
+        "get": {
+            "summary": "Where one recent event is: received, stored, batched, per sink delivered",
+            "security": admin,
+            "parameters": [
+                {"name": "message_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {
+                    "description": "Found; `steps` in order.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                **admin_errors,
+            },
+        }
+    }
     paths["/openapi.json"] = {
         "get": {
             "summary": "This document",
@@ -306,12 +356,17 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": schemas,
             "securitySchemes": {
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The admin token (`admin_token`), for the debugger and traces.",
+                },
                 "writeKey": {
                     "type": "http",
                     "scheme": "basic",
                     "description": "The write key as user name, empty password. A "
                     "`writeKey` field in the body works too.",
-                }
+                },
             },
         },
         "security": [{"writeKey": []}],
