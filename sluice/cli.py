@@ -39,6 +39,29 @@ def _bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from sluice.replay import ReplayOptions, main, parse_time  # pyarrow: only when asked
+
+    try:
+        options = ReplayOptions(
+            source_uri=args.source_uri,
+            sink_uri=args.to,
+            start=parse_time(args.start),
+            end=parse_time(args.end),
+            record_type=args.type,
+            event=args.event,
+            source=args.source,
+            rate=args.rate,
+            resume=args.resume,
+        )
+        if options.end <= options.start:
+            raise config_mod.ConfigError("--end must be after --start")
+        return main(options)
+    except config_mod.ConfigError as exc:
+        print(f"sluice: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sluice", description="Self-hosted, Segment-compatible event collector on Ray."
@@ -129,6 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep Locust's files, acked ids, logs and the sink here (default: a temp dir)",
     )
     bench.set_defaults(func=_bench)
+
+    replay = commands.add_parser(
+        "replay", help="deliver archived events (a file:// or s3:// Parquet tree) to a sink"
+    )
+    replay.add_argument(
+        "--from", dest="source_uri", required=True, metavar="URI", help="file://DIR or s3://..."
+    )
+    replay.add_argument("--to", required=True, metavar="SINK_URI", help="any sink URI")
+    replay.add_argument("--start", required=True, metavar="T", help="ISO-8601, UTC: from")
+    replay.add_argument("--end", required=True, metavar="T", help="ISO-8601, UTC: until (excl.)")
+    replay.add_argument("--type", help="only this record type (track, identify, ...)")
+    replay.add_argument("--event", metavar="NAME", help="only track events of this name")
+    replay.add_argument("--source", metavar="S", help="only events of this source")
+    replay.add_argument("--rate", type=float, metavar="N", help="at most N events/s")
+    replay.add_argument(
+        "--resume", action="store_true", help="continue after what an earlier run delivered"
+    )
+    replay.set_defaults(func=_replay)
     return parser
 
 
