@@ -57,6 +57,7 @@ class SinkStats:
     retries: int = 0
     deadlettered: int = 0
     dropped: int = 0  # a non-critical sink's events dead-lettered while the log was full
+    values_rejected: int = 0  # typed tables: values that did not fit their column
     last_error: str = ""
 
 
@@ -198,6 +199,7 @@ class Producer:
                     "retries": s.stats.retries,
                     "deadlettered": s.stats.deadlettered,
                     "dropped": s.stats.dropped,
+                    "values_rejected": s.stats.values_rejected,
                     "last_error": s.stats.last_error,
                     "lag_s": self._lag_s(s),
                 }
@@ -358,6 +360,7 @@ class Producer:
                 )
                 await asyncio.sleep(delay)
         sent.delivered, sent.delivered_at = delivered, time.time()
+        state.stats.values_rejected += delivered.values_rejected
         if delivered.rejected:
             await self._deadletter(batch, delivered.rejected, state)
         state.stats.batches += 1

@@ -121,6 +121,7 @@ class SinkSpec:
     critical: bool = True
     layout: str = "raw"  # file/s3: "tables" adds one typed table per event
     headers: tuple[tuple[str, str], ...] = ()  # webhook: sent with every POST
+    max_columns: int = 500  # typed tables: columns per table; more keys go to `_rejected`
     timeout_s: float = 10.0  # webhook: per request
 
     @property
@@ -190,6 +191,8 @@ def _sink_settings(text: str, scheme: str, values: dict[str, Any]) -> dict[str, 
         if not isinstance(headers, dict) or not scheme.startswith("webhook"):
             raise ConfigError(f"sink {text!r}: headers is a mapping, for webhook sinks")
         extra["headers"] = tuple((str(k), str(v)) for k, v in headers.items())
+    if "max_columns" in values:
+        extra["max_columns"] = int(values.pop("max_columns"))
     if "timeout_s" in values:
         extra["timeout_s"] = float(values.pop("timeout_s"))
     return extra

@@ -142,6 +142,11 @@ class _StoreCollector:
             "Events a non-critical sink dead-lettered because it was behind while the log was full",
             labels=["type", "sink"],
         )
+        refused_values = GaugeMetricFamily(
+            "sluice_table_values_rejected",
+            "Typed tables: values kept in _rejected because they did not fit their column",
+            labels=["type", "sink"],
+        )
         lag = GaugeMetricFamily(
             "sluice_sink_lag_seconds",
             "Age of the oldest event a sink has not committed",
@@ -162,8 +167,19 @@ class _StoreCollector:
                 retries.add_metric([kind, sink["uri"]], sink["retries"])
                 dead.add_metric([kind, sink["uri"]], sink["deadlettered"])
                 dropped.add_metric([kind, sink["uri"]], sink.get("dropped", 0))
+                refused_values.add_metric([kind, sink["uri"]], sink.get("values_rejected", 0))
                 lag.add_metric([kind, sink["uri"]], sink["lag_s"])
-        yield from (stored, in_log, committed, retries, dead, dropped, lag, restarts)
+        yield from (
+            stored,
+            in_log,
+            committed,
+            retries,
+            dead,
+            dropped,
+            refused_values,
+            lag,
+            restarts,
+        )
 
 
 class Metrics:

@@ -64,6 +64,7 @@ class Delivered:
     rejected: list[Rejected] = field(default_factory=list)
     locations: list[str] = field(default_factory=list)
     by_index: bool = False  # `locations` has one entry per event of the batch
+    values_rejected: int = 0  # typed tables: values kept in `_rejected` (sinks/tables.py)
 
 
 class Sink(Protocol):

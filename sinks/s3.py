@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -18,6 +19,7 @@ from core import model
 from core.config import SinkSpec
 from sinks import columns
 from sinks.base import Batch, Delivered, Rejected
+from sinks.tables import TableWriter
 
 
 def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -60,6 +62,9 @@ class ParquetSink:
         self.spec = spec
         self.fs, self.root = open_filesystem(spec.uri)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.tables = (
+            TableWriter(self.fs, self.root, spec.max_columns) if spec.layout == "tables" else None
+        )
 
     def write(self, batch: Batch) -> Delivered:
         decoded, bad = columns.decode_or_split(batch.payloads())
@@ -76,7 +81,13 @@ class ParquetSink:
             self._write_file(directory, f"{batch.batch_id}.parquet", part)
             keys.append(f"{directory}/{batch.batch_id}.parquet")
         rejected = [Rejected(index, f"{self.spec.uri}: {reason}") for index, reason in bad]
-        return Delivered(rejected, keys)
+        values_rejected = 0
+        if self.tables is not None:
+            refused = {index for index, _ in bad}
+            parsed = [orjson.loads(p) for i, p in enumerate(batch.payloads()) if i not in refused]
+            table_keys, values_rejected = self.tables.write(batch.batch_id, parsed)
+            keys += table_keys
+        return Delivered(rejected, keys, values_rejected=values_rejected)
 
     def _write_file(self, directory: str, name: str, table: Any) -> None:
         path = f"{directory}/{name}"

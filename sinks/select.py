@@ -62,8 +62,8 @@ def mapped_back(
     """`delivered` of a selected batch, in the indices of the whole batch (`size` events)."""
     rejected = [Rejected(kept[r.index], r.reason) for r in delivered.rejected] + failed
     if not delivered.by_index:
-        return Delivered(rejected, delivered.locations)
+        return Delivered(rejected, delivered.locations, values_rejected=delivered.values_rejected)
     locations = ["filtered out"] * size
     for i, location in zip(kept, delivered.locations, strict=True):
         locations[i] = location
-    return Delivered(rejected, locations, by_index=True)
+    return Delivered(rejected, locations, True, delivered.values_rejected)
