@@ -59,7 +59,11 @@ def read_sink_ids(sink_dir: Path) -> pa.Array:
     if not sink_dir.is_dir():
         return pa.array([], pa.string())
     dataset = ds.dataset(
-        sink_dir, format="parquet", partitioning="hive", ignore_prefixes=[".", "_"]
+        # The raw tree only: typed tables (`tables/`) hold the same events again.
+        sink_dir,
+        format="parquet",
+        partitioning="hive",
+        ignore_prefixes=[".", "_", "tables"],
     )
     return dataset.to_table(columns=["message_id"]).column("message_id").combine_chunks()
 

@@ -53,6 +53,8 @@ class BenchOptions:
     sink_dir: Path | None = None
     work_dir: Path | None = None
     config: Path | None = None  # for the Sluice it starts
+    sink_query: str = ""  # settings of its audited file sink, e.g. "layout=tables"
+    extra_sinks: tuple[str, ...] = ()  # more sinks beside it (a webhook, say)
     progress: TextIO | None = field(default=sys.stderr, repr=False)
 
 
@@ -122,6 +124,8 @@ def _run_own_sluice(options: BenchOptions, work: Path) -> TargetRun:
         sink_dir=sink_dir,
         log_dir=log_root / "log",
         config=options.config,
+        sink_query=options.sink_query,
+        extra_sinks=options.extra_sinks,
     )
     _say(options, f"starting sluice serve on port {server.port} (Ray takes a while to start)")
     try:
@@ -338,6 +342,8 @@ def main(args: argparse.Namespace) -> int:
         sink_dir=Path(args.sink_dir) if args.sink_dir else None,
         work_dir=Path(args.work_dir) if args.work_dir else None,
         config=Path(args.config) if getattr(args, "config", None) else None,
+        sink_query=getattr(args, "sink_query", None) or "",
+        extra_sinks=tuple(getattr(args, "extra_sink", None) or ()),
     )
     try:
         report = run(options)

@@ -105,11 +105,16 @@ class SluiceServer(_Server):
         sink_dir: Path,
         log_dir: Path,
         config: Path | None = None,
+        sink_query: str = "",
+        extra_sinks: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "sluice.cli", "serve", "--port", str(self.port)]
-        args += ["--write-key", f"{write_key}:bench", "--sink", f"file://{sink_dir}"]
+        file_sink = f"file://{sink_dir}" + (f"?{sink_query}" if sink_query else "")
+        args += ["--write-key", f"{write_key}:bench", "--sink", file_sink]
+        for sink in extra_sinks:
+            args += ["--sink", sink]
         args += ["--log-dir", str(log_dir)]
         if config is not None:
             args += ["--config", str(config.resolve())]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import mmap
 import os
@@ -26,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger("sluice.ingress")
 
 FP_RATE = 1e-6
 _HEADER = struct.Struct("<QQ")  # ids added, bits
@@ -50,8 +53,9 @@ class _Slice:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             size = _HEADER_BYTES + bits // 8
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
+            # Every page taken now (a no-op once done): a mapped page that a full tmpfs
+            # cannot give later would kill the replica (SIGBUS) instead of failing here.
+            os.posix_fallocate(fd, 0, size)
             self.map = mmap.mmap(fd, size)
         finally:
             os.close(fd)
@@ -84,12 +88,27 @@ class SeenIds:
         bits = math.ceil(-capacity * math.log(FP_RATE) / math.log(2) ** 2)
         self.bits = (bits + 63) // 64 * 64
         self.slices: dict[int, _Slice] = {}
+        self.failed = False
         directory.mkdir(parents=True, exist_ok=True)
 
-    def _slice(self, number: int) -> _Slice:
+    @staticmethod
+    def space_needed(capacity: int) -> int:
+        """Bytes of the log directory two slices of `capacity` ids take."""
+        bits = math.ceil(-capacity * math.log(FP_RATE) / math.log(2) ** 2)
+        return 2 * (_HEADER_BYTES + (bits + 63) // 64 * 8)
+
+    def _slice(self, number: int) -> _Slice | None:
+        """Slice `number`, or None when it cannot be made (no room): ids pass unchecked."""
         found = self.slices.get(number)
         if found is None:
-            found = self.slices[number] = _Slice(self.directory / f"{number}.bloom", self.bits)
+            try:
+                found = _Slice(self.directory / f"{number}.bloom", self.bits)
+            except OSError as exc:
+                if not self.failed:
+                    logger.error("de-duplication off for now: cannot make a slice: %s", exc)
+                self.failed = True
+                return None
+            self.slices[number] = found
             self._forget_before(number - 1)
         return found
 
@@ -113,7 +132,7 @@ class SeenIds:
         if not message_ids:
             return []
         now = int(time.time() // self.window_s)
-        slices = [self._slice(now), self._slice(now - 1)]
+        slices = [s for s in (self._slice(now), self._slice(now - 1)) if s is not None]
         hashes = _hashes(source, message_ids)
         if len(hashes) < _VECTOR_FROM:
             return [any(self._has(s, h) for s in slices) for h in hashes]
@@ -141,7 +160,7 @@ class SeenIds:
         if not message_ids:
             return
         current = self._slice(int(time.time() // self.window_s))
-        if current.added >= self.capacity:
+        if current is None or current.added >= self.capacity:
             return  # full: see the module's docstring
         hashes = _hashes(source, message_ids)
         if len(hashes) < _VECTOR_FROM:

@@ -147,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML config for the Sluice it starts (to compare settings, e.g. enrich: [])",
     )
     bench.add_argument(
+        "--sink-query",
+        metavar="QUERY",
+        help="settings of the file sink it audits, e.g. layout=tables",
+    )
+    bench.add_argument(
+        "--extra-sink",
+        action="append",
+        metavar="URI",
+        help="another sink beside the file sink (webhook+http://..., kinesis://...); repeatable",
+    )
+    bench.add_argument(
         "--work-dir",
         metavar="DIR",
         help="keep Locust's files, acked ids, logs and the sink here (default: a temp dir)",

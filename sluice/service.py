@@ -93,6 +93,21 @@ def sized_to_space(config: Config) -> Config:
     while not probe.exists():
         probe = probe.parent
     free = shutil.disk_usage(probe).free
+    if config.dedup_window > 0:
+        from ingress.dedup import SeenIds
+
+        needed = SeenIds.space_needed(config.dedup_capacity)
+        if needed > free // 4:
+            print(
+                f"sluice: warning: {root} has {free // 2**20} MiB free; de-duplication needs "
+                f"{needed // 2**20} MiB for dedup_capacity {config.dedup_capacity}, so it is "
+                "off (set a smaller dedup_capacity, or give the log directory room)",
+                file=sys.stderr,
+                flush=True,
+            )
+            config = dataclasses.replace(config, dedup_window=0.0)
+        else:
+            free -= needed
     logs = len(RecordType) + 1
     fits = int(free * 0.9) // (2 * logs)
     if fits >= config.log_capacity_bytes:

@@ -56,7 +56,7 @@ def read_parquet_tree(uri: str) -> list[dict[str, Any]]:
             format="parquet",
             partitioning="hive",
             exclude_invalid_files=False,
-            ignore_prefixes=["_", "."],
+            ignore_prefixes=["_", ".", "tables"],  # the raw tree, not the typed tables
         )
     except FileNotFoundError:
         return []
