@@ -70,6 +70,7 @@ class _SinkState:
     done: dict[int, int] = field(default_factory=dict)  # written batches: start -> end
     stats: SinkStats = field(default_factory=SinkStats)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    failing: bool = False  # its last write failed
 
 
 class Producer:
@@ -337,10 +338,17 @@ class Producer:
         ref = ray.put(batch)
         attempt = 0
         while True:
+            if state.failing and self._may_drop(state):
+                # Down, and the log is filling: no attempt, so the log drains fast.
+                delivered = await self._drop(state, batch, RuntimeError(state.stats.last_error))
+                break
             try:
                 delivered = await state.pool.write(ref)
+                state.failing = False
                 break
             except Exception as exc:  # any failure is retried: the log still holds the batch
+                state.failing = True
+                state.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
                 if self._may_drop(state):
                     delivered = await self._drop(state, batch, exc)
                     break
@@ -368,9 +376,10 @@ class Producer:
         self._commit(state)
 
     def _may_drop(self, state: _SinkState) -> bool:
-        """A non-critical sink gives up on a failing batch once the log is this full."""
-        full = self.log.held_bytes >= self.log.capacity_bytes * _DROP_AT_FILL
-        return not state.spec.critical and full
+        """A non-critical sink gives up on a failing batch once the log is this full
+        (counting what the replicas wrote and the producer has not taken yet)."""
+        held = self.log.held_bytes + self.pending_bytes
+        return not state.spec.critical and held >= self.log.capacity_bytes * _DROP_AT_FILL
 
     async def _drop(self, state: _SinkState, batch: Batch, exc: Exception) -> Delivered:
         reason = (

@@ -49,7 +49,7 @@ class BatchPolicy:
         """Kinesis and webhooks want low latency; object stores want large files."""
         if scheme.startswith("webhook"):
             # In order per user: one batch at a time, as for Kinesis.
-            return cls(max_events=500, max_bytes=4 * 1024 * 1024, max_age_s=1.0, max_in_flight=1)
+            return cls(max_events=100, max_bytes=500 * 1024, max_age_s=1.0, max_in_flight=1)
         if scheme == "kinesis":
             # One batch at a time: a failed batch retried after a later one landed
             # would put a user's events out of order in their shard.

@@ -1,8 +1,9 @@
 """Webhook destination: batches of events POSTed as JSON, in Segment's batch shape.
 
 `webhook+https://host/path` (or `webhook+http://` for internal hosts and tests). Each
-batch the producer cuts goes out as POSTs of `{"batch": [events]}` of at most
-`POST_EVENTS` events and `POST_BYTES` bytes, one after the other in log order, so a
+batch the producer cuts (by the sink's `max_events`, `max_bytes`, `max_age_s`: 100
+events, 500 KB, 1 s by default) goes out as one POST of `{"batch": [events]}`, split
+only if its JSON would pass `max_bytes`; POSTs go one after the other in log order, so a
 receiver sees each user's events in order. A POST answered 5xx, 408 or 429 (after its
 `Retry-After`), or lost to a connection error or timeout, is sent again with exponential
 backoff and jitter; still failing after `give_up_after_s`, the write raises and the
@@ -22,8 +23,6 @@ import httpx
 from core.config import SinkSpec
 from sinks.base import Batch, Delivered, Rejected
 
-POST_EVENTS = 100
-POST_BYTES = 500 * 1024
 _RETRYABLE = frozenset({408, 429})
 
 
@@ -31,14 +30,16 @@ class WebhookError(RuntimeError):
     """The receiver kept failing; the batch is retried later."""
 
 
-def _posts(payloads: list[bytes]) -> Iterator[tuple[int, list[bytes]]]:
+def _posts(
+    payloads: list[bytes], max_events: int, max_bytes: int
+) -> Iterator[tuple[int, list[bytes]]]:
     """(first index, payloads) of each POST, within the count and size limits."""
     start = 0
     while start < len(payloads):
         end, size = start, 0
-        while end < len(payloads) and end - start < POST_EVENTS:
+        while end < len(payloads) and end - start < max_events:
             size += len(payloads[end]) + 1
-            if size > POST_BYTES and end > start:
+            if size > max_bytes and end > start:
                 break
             end += 1
         yield start, payloads[start:end]
@@ -54,7 +55,7 @@ class WebhookSink:
         headers = {"Content-Type": "application/json", "User-Agent": "sluice-webhook"}
         headers.update(dict(spec.headers))
         self.client = httpx.Client(headers=headers, timeout=spec.timeout_s)
-        self.give_up_after_s = 60.0
+        self.give_up_after_s = 10.0  # then the producer takes over, batch by batch
         self.backoff_base_s = 0.2
         self.backoff_cap_s = 10.0
         self.retries = 0
@@ -62,7 +63,8 @@ class WebhookSink:
     def write(self, batch: Batch) -> Delivered:
         rejected: list[Rejected] = []
         answers: list[str] = []
-        for first, chunk in _posts(batch.payloads()):
+        policy = self.spec.policy
+        for first, chunk in _posts(batch.payloads(), policy.max_events, policy.max_bytes):
             status, reason = self._post(b'{"batch":[' + b",".join(chunk) + b"]}")
             answers.append(f"HTTP {status}")
             if reason:

@@ -116,3 +116,58 @@ def test_webhook_gets_every_event_in_order_despite_failures_and_dedup_survives_a
     rows = [r for r in read_parquet_tree(f"file://{workdir}/data") if r["message_id"] == "dup-1"]
     assert len(rows) == 1
     assert receiver.ids().count("dup-1") == 1
+
+
+def test_a_non_critical_webhook_that_is_down_drops_instead_of_holding_back(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "sluice.yaml"
+    config.write_text(
+        "log_capacity_bytes: 2000000\n"
+        "sinks:\n"
+        "  - uri: file://./data\n"
+        "    batch: {max_age_s: 0.2}\n"
+        "  - uri: webhook+http://127.0.0.1:9/down\n"
+        "    critical: false\n"
+        "    timeout_s: 0.5\n"
+    )
+    service = Service(tmp_path, sinks=(), extra=["--config", str(config)]).start()
+    try:
+        acked: set[str] = set()
+        with service.client() as client:
+            for start in range(0, 6000, 100):  # ~3 MB of events: more than the log holds
+                batch = [
+                    {
+                        "type": "track",
+                        "event": "Big",
+                        "userId": f"u{n % 7}",
+                        "messageId": f"nc-{n}",
+                        "properties": {"pad": "x" * 400},
+                    }
+                    for n in range(start, start + 100)
+                ]
+                for _ in range(60):
+                    answer = client.post("/v1/batch", json={"batch": batch})
+                    if answer.status_code != 503:
+                        break
+                    time.sleep(0.5)
+                assert answer.status_code == 200, answer.text
+                acked |= {e["messageId"] for e in batch}
+        assert set(rows_when_landed(f"file://{tmp_path}/data", acked, timeout_s=60)) == acked
+
+        def dropped() -> float:
+            metrics = httpx.get(f"{service.url}/metrics").text
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith("sluice_sink_events_dropped{") and "webhook" in line
+            )
+
+        # The webhook gives up on its first batch after 10 s; then the full log drains.
+        wait_for(lambda: dropped() > 0)
+        letters = tmp_path / "data" / "_deadletter"
+        wait_for(lambda: any(letters.rglob("*.jsonl")))
+        assert b"not critical" in next(letters.rglob("*.jsonl")).read_bytes()
+    finally:
+        # Not stopped cleanly: a flush waits for the webhook, which stays down.
+        service.kill()

@@ -11,8 +11,10 @@ import pytest
 from actors.consumer import Consumer
 from core.config import SinkSpec
 from sinks.base import Batch
-from sinks.webhook import POST_EVENTS, WebhookSink
+from sinks.webhook import WebhookSink
 from tests.receiver import Receiver
+
+POST_EVENTS = 100  # the default max_events of a webhook sink
 
 
 def spec(url: str, **options: object) -> SinkSpec:
