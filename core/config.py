@@ -49,7 +49,7 @@ class BatchPolicy:
         """Kinesis and webhooks want low latency; object stores want large files."""
         if scheme.startswith("webhook"):
             # In order per user: one batch at a time, as for Kinesis.
-            return cls(max_events=100, max_bytes=500 * 1024, max_age_s=1.0, max_in_flight=1)
+            return cls(max_events=2000, max_bytes=4 * 1024 * 1024, max_age_s=1.0, max_in_flight=1)
         if scheme == "kinesis":
             # One batch at a time: a failed batch retried after a later one landed
             # would put a user's events out of order in their shard.
@@ -123,6 +123,8 @@ class SinkSpec:
     headers: tuple[tuple[str, str], ...] = ()  # webhook: sent with every POST
     max_columns: int = 500  # typed tables: columns per table; more keys go to `_rejected`
     timeout_s: float = 10.0  # webhook: per request
+    post_events: int = 100  # webhook: events per POST (a batch goes out as several)
+    post_bytes: int = 500 * 1024  # webhook: bytes of JSON per POST
 
     @property
     def scheme(self) -> str:
@@ -193,6 +195,11 @@ def _sink_settings(text: str, scheme: str, values: dict[str, Any]) -> dict[str, 
         extra["headers"] = tuple((str(k), str(v)) for k, v in headers.items())
     if "max_columns" in values:
         extra["max_columns"] = int(values.pop("max_columns"))
+    for name in ("post_events", "post_bytes"):
+        if name in values:
+            extra[name] = int(values.pop(name))
+            if extra[name] < 1 or not scheme.startswith("webhook"):
+                raise ConfigError(f"sink {text!r}: {name} is a positive number, for webhooks")
     if "timeout_s" in values:
         extra["timeout_s"] = float(values.pop("timeout_s"))
     return extra

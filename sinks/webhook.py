@@ -1,10 +1,12 @@
 """Webhook destination: batches of events POSTed as JSON, in Segment's batch shape.
 
 `webhook+https://host/path` (or `webhook+http://` for internal hosts and tests). Each
-batch the producer cuts (by the sink's `max_events`, `max_bytes`, `max_age_s`: 100
-events, 500 KB, 1 s by default) goes out as one POST of `{"batch": [events]}`, split
-only if its JSON would pass `max_bytes`; POSTs go one after the other in log order, so a
-receiver sees each user's events in order. A POST answered 5xx, 408 or 429 (after its
+batch the producer cuts (by the sink's `max_events`, `max_bytes`, `max_age_s`: 2,000
+events, 4 MiB, 1 s by default) goes out as POSTs of `{"batch": [events]}` of at most
+`post_events` events and `post_bytes` bytes (100 and 500 KB, Segment's own limits), one
+after the other in log order, so a receiver sees each user's events in order. Large
+batches and small POSTs: the per-batch work of the producer and the consumer (an object
+in Ray's store, an actor call) is spread over many POSTs. A POST answered 5xx, 408 or 429 (after its
 `Retry-After`), or lost to a connection error or timeout, is sent again with exponential
 backoff and jitter; still failing after `give_up_after_s`, the write raises and the
 producer sends the whole batch again later (at-least-once: the POSTs that had landed
@@ -63,8 +65,8 @@ class WebhookSink:
     def write(self, batch: Batch) -> Delivered:
         rejected: list[Rejected] = []
         answers: list[str] = []
-        policy = self.spec.policy
-        for first, chunk in _posts(batch.payloads(), policy.max_events, policy.max_bytes):
+        spec = self.spec
+        for first, chunk in _posts(batch.payloads(), spec.post_events, spec.post_bytes):
             status, reason = self._post(b'{"batch":[' + b",".join(chunk) + b"]}")
             answers.append(f"HTTP {status}")
             if reason:
