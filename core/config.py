@@ -125,6 +125,7 @@ class SinkSpec:
     timeout_s: float = 10.0  # webhook: per request
     post_events: int = 100  # webhook: events per POST (a batch goes out as several)
     post_bytes: int = 500 * 1024  # webhook: bytes of JSON per POST
+    post_lanes: int = 4  # webhook: POSTs at once, each lane a share of the users in order
 
     @property
     def scheme(self) -> str:
@@ -195,7 +196,7 @@ def _sink_settings(text: str, scheme: str, values: dict[str, Any]) -> dict[str, 
         extra["headers"] = tuple((str(k), str(v)) for k, v in headers.items())
     if "max_columns" in values:
         extra["max_columns"] = int(values.pop("max_columns"))
-    for name in ("post_events", "post_bytes"):
+    for name in ("post_events", "post_bytes", "post_lanes"):
         if name in values:
             extra[name] = int(values.pop(name))
             if extra[name] < 1 or not scheme.startswith("webhook"):

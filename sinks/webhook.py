@@ -3,22 +3,28 @@
 `webhook+https://host/path` (or `webhook+http://` for internal hosts and tests). Each
 batch the producer cuts (by the sink's `max_events`, `max_bytes`, `max_age_s`: 2,000
 events, 4 MiB, 1 s by default) goes out as POSTs of `{"batch": [events]}` of at most
-`post_events` events and `post_bytes` bytes (100 and 500 KB, Segment's own limits), one
-after the other in log order, so a receiver sees each user's events in order. Large
-batches and small POSTs: the per-batch work of the producer and the consumer (an object
-in Ray's store, an actor call) is spread over many POSTs. A POST answered 5xx, 408 or 429 (after its
-`Retry-After`), or lost to a connection error or timeout, is sent again with exponential
-backoff and jitter; still failing after `give_up_after_s`, the write raises and the
-producer sends the whole batch again later (at-least-once: the POSTs that had landed
-are sent twice). Any other 4xx refuses its events for good: they go to the dead letters
-with the answer.
+`post_events` events and `post_bytes` bytes (100 and 500 KB). Large batches, small
+POSTs: the producer's and consumer's work per batch (an object in Ray's store, an actor
+call) is spread over many POSTs.
+
+The events are split into `post_lanes` (4) lanes by partition key (userId, else
+anonymousId, else messageId). Lanes POST at the same time, each in log order, so a
+receiver sees each user's events in order while several POSTs are in flight.
+
+A POST answered 5xx, 408 or 429 (after its `Retry-After`), or lost to a connection error
+or timeout, is sent again with exponential backoff and jitter; still failing after
+`give_up_after_s`, the write raises and the producer sends the whole batch again later
+(at-least-once: the POSTs that had landed are sent twice). Any other 4xx refuses its
+events for good: they go to the dead letters with the answer.
 """
 
 from __future__ import annotations
 
 import random
 import time
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -33,19 +39,35 @@ class WebhookError(RuntimeError):
 
 
 def _posts(
-    payloads: list[bytes], max_events: int, max_bytes: int
-) -> Iterator[tuple[int, list[bytes]]]:
-    """(first index, payloads) of each POST, within the count and size limits."""
+    items: list[tuple[int, bytes]], max_events: int, max_bytes: int
+) -> Iterator[list[tuple[int, bytes]]]:
+    """The (batch index, payload) pairs of each POST, within the count and size limits."""
     start = 0
-    while start < len(payloads):
+    while start < len(items):
         end, size = start, 0
-        while end < len(payloads) and end - start < max_events:
-            size += len(payloads[end]) + 1
+        while end < len(items) and end - start < max_events:
+            size += len(items[end][1]) + 1
             if size > max_bytes and end > start:
                 break
             end += 1
-        yield start, payloads[start:end]
+        yield items[start:end]
         start = end
+
+
+_KEYS = (b'"userId":"', b'"anonymousId":"', b'"messageId":"')
+
+
+def lane_of(payload: bytes, lanes: int) -> int:
+    """Which lane an event goes in: by its partition key (userId, else anonymousId, else
+    messageId), read from the JSON text Sluice wrote without parsing it."""
+    for marker in _KEYS:
+        at = payload.find(marker)
+        if at >= 0:
+            begin = at + len(marker)
+            end = payload.find(b'"', begin)
+            if end > begin:
+                return zlib.crc32(payload[begin:end]) % lanes
+    return 0
 
 
 class WebhookSink:
@@ -56,23 +78,38 @@ class WebhookSink:
         self.url = spec.uri.removeprefix("webhook+")
         headers = {"Content-Type": "application/json", "User-Agent": "sluice-webhook"}
         headers.update(dict(spec.headers))
-        self.client = httpx.Client(headers=headers, timeout=spec.timeout_s)
+        limits = httpx.Limits(
+            max_connections=spec.post_lanes, max_keepalive_connections=spec.post_lanes
+        )
+        self.client = httpx.Client(headers=headers, timeout=spec.timeout_s, limits=limits)
+        self.lanes = ThreadPoolExecutor(spec.post_lanes, thread_name_prefix="webhook")
         self.give_up_after_s = 10.0  # then the producer takes over, batch by batch
         self.backoff_base_s = 0.2
         self.backoff_cap_s = 10.0
         self.retries = 0
 
     def write(self, batch: Batch) -> Delivered:
+        """POST the batch's events, lane by lane at once; each lane (a share of the users)
+        in order."""
+        lanes: list[list[tuple[int, bytes]]] = [[] for _ in range(self.spec.post_lanes)]
+        for index, payload in enumerate(batch.payloads()):
+            lanes[lane_of(payload, len(lanes))].append((index, payload))
+        results = list(self.lanes.map(self._send_lane, [lane for lane in lanes if lane]))
+        rejected = [r for lane_rejected, _ in results for r in lane_rejected]
+        answers = sorted({answer for _, lane_answers in results for answer in lane_answers})
+        return Delivered(
+            sorted(rejected, key=lambda r: r.index), [f"{self.url}: {', '.join(answers)}"]
+        )
+
+    def _send_lane(self, items: list[tuple[int, bytes]]) -> tuple[list[Rejected], set[str]]:
         rejected: list[Rejected] = []
-        answers: list[str] = []
-        spec = self.spec
-        for first, chunk in _posts(batch.payloads(), spec.post_events, spec.post_bytes):
-            status, reason = self._post(b'{"batch":[' + b",".join(chunk) + b"]}")
-            answers.append(f"HTTP {status}")
+        answers: set[str] = set()
+        for chunk in _posts(items, self.spec.post_events, self.spec.post_bytes):
+            status, reason = self._post(b'{"batch":[' + b",".join(p for _, p in chunk) + b"]}")
+            answers.add(f"HTTP {status}")
             if reason:
-                rejected += [Rejected(first + i, reason) for i in range(len(chunk))]
-        locations = [f"{self.url}: {', '.join(sorted(set(answers)))}"]
-        return Delivered(rejected, locations)
+                rejected += [Rejected(index, reason) for index, _ in chunk]
+        return rejected, answers
 
     def _post(self, body: bytes) -> tuple[int, str]:
         """POST until accepted or refused for good: (status, reason if refused)."""
@@ -104,6 +141,7 @@ class WebhookSink:
             time.sleep(min(wait_s, self.backoff_cap_s * 6))
 
     def close(self) -> None:
+        self.lanes.shutdown()
         self.client.close()
 
 

@@ -40,7 +40,8 @@ def batch(n: int, start: int = 0) -> Batch:
 
 def test_batches_in_segment_shape_with_headers_and_retries() -> None:
     with Receiver([503, 503, 429, "timeout"], hang_s=2.0) as receiver:
-        sink = WebhookSink(spec(receiver.url, headers={"Authorization": "Bearer s3cret"}))
+        options = {"headers": {"Authorization": "Bearer s3cret"}, "post_lanes": 1}
+        sink = WebhookSink(spec(receiver.url, **options))
         sink.backoff_base_s = 0.01
         delivered = sink.write(batch(250))
     assert delivered.rejected == []
@@ -54,7 +55,7 @@ def test_batches_in_segment_shape_with_headers_and_retries() -> None:
 
 def test_a_4xx_refuses_its_post_for_good_and_the_rest_goes_on() -> None:
     with Receiver([400]) as receiver:
-        delivered = WebhookSink(spec(receiver.url)).write(batch(POST_EVENTS + 10))
+        delivered = WebhookSink(spec(receiver.url, post_lanes=1)).write(batch(POST_EVENTS + 10))
     assert [r.index for r in delivered.rejected] == list(range(POST_EVENTS))
     assert "webhook answered 400" in delivered.rejected[0].reason
     assert '"scripted"' in delivered.rejected[0].reason
@@ -95,3 +96,17 @@ def test_filters_and_transform_apply_before_the_sink() -> None:
         i for i in range(12) if i % 2 and i % 3 == 1
     ]
     assert "no u1 here" in delivered.rejected[0].reason
+
+
+def test_lanes_post_at_once_and_keep_each_users_order() -> None:
+    with Receiver() as receiver:
+        sink = WebhookSink(spec(receiver.url, post_lanes=4, post_events=10))
+        delivered = sink.write(batch(600))
+    assert delivered.rejected == []
+    assert sorted(receiver.ids()) == sorted(f"m{i}" for i in range(600))
+    per_user: dict[str, list[int]] = {}
+    for event in receiver.events:
+        per_user.setdefault(event["userId"], []).append(event["properties"]["seq"])
+    assert len(per_user) == 3
+    assert all(seqs == sorted(seqs) for seqs in per_user.values())
+    assert receiver.requests == 60
