@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from core.config import SinkSpec
 
@@ -79,3 +81,17 @@ class Sink(Protocol):
     def write(self, batch: Batch) -> Delivered: ...
 
     def close(self) -> None: ...
+
+
+def write_parquet(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+    """Write `table` at `path` so that readers never see it half-written: on S3 an object
+    appears whole when its upload completes; on a local disk it is written aside, then
+    renamed."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        pq.write_table(table, path, filesystem=fs, compression="zstd")
+        return
+    directory, name = path.rsplit("/", 1)
+    fs.create_dir(directory, recursive=True)
+    tmp = f"{directory}/.{name}.tmp"
+    pq.write_table(table, tmp, filesystem=fs, compression="zstd")
+    fs.move(tmp, path)

@@ -13,12 +13,11 @@ from urllib.parse import urlsplit
 
 import orjson
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from core import model
 from core.config import SinkSpec
 from sinks import columns
-from sinks.base import Batch, Delivered, Rejected
+from sinks.base import Batch, Delivered, Rejected, write_parquet
 from sinks.tables import TableWriter
 
 
@@ -78,7 +77,7 @@ class ParquetSink:
             day, hour = model.hour_partition(hour_text)
             part = table if len(rows) == len(events) else table.take(rows)
             directory = f"{self.root}/source={source}/type={batch.record_type}/dt={day}/hr={hour}"
-            self._write_file(directory, f"{batch.batch_id}.parquet", part)
+            write_parquet(self.fs, f"{directory}/{batch.batch_id}.parquet", part)
             keys.append(f"{directory}/{batch.batch_id}.parquet")
         rejected = [Rejected(index, f"{self.spec.uri}: {reason}") for index, reason in bad]
         values_rejected = 0
@@ -88,18 +87,6 @@ class ParquetSink:
             table_keys, values_rejected = self.tables.write(batch.batch_id, parsed)
             keys += table_keys
         return Delivered(rejected, keys, values_rejected=values_rejected)
-
-    def _write_file(self, directory: str, name: str, table: Any) -> None:
-        path = f"{directory}/{name}"
-        if not self.local:
-            # An S3 object appears whole when its (multipart) upload completes.
-            pq.write_table(table, path, filesystem=self.fs, compression="zstd")
-            return
-        # Readers of a local tree never see a half-written file: write aside, then rename.
-        self.fs.create_dir(directory, recursive=True)
-        tmp = f"{directory}/.{name}.tmp"
-        pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
-        self.fs.move(tmp, path)
 
     def close(self) -> None:
         pass

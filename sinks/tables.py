@@ -34,9 +34,9 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from core import model
+from sinks.base import write_parquet
 
 TABLE_OF_TYPE = {
     "identify": "identifies",
@@ -195,7 +195,7 @@ class TableWriter:
             data, count = self._table(registry, rows)
             rejected += count
             key = f"{directory}/dt={day}/{batch_id}.parquet"
-            self._write(key, data)
+            write_parquet(self.fs, key, data)
             keys.append(key)
         return keys, rejected
 
@@ -290,16 +290,6 @@ class TableWriter:
         kinds[REJECTED] = "json"
         arrays = [pa.array(values, type=_TYPES[kinds[name]]) for name, values in columns.items()]
         return pa.table(arrays, names=list(columns)), rejected_count
-
-    def _write(self, key: str, table: pa.Table) -> None:
-        directory = key.rsplit("/", 1)[0]
-        if not self.local:
-            pq.write_table(table, key, filesystem=self.fs, compression="zstd")
-            return
-        self.fs.create_dir(directory, recursive=True)
-        tmp = f"{directory}/.{key.rsplit('/', 1)[1]}.tmp"
-        pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
-        self.fs.move(tmp, key)
 
 
 def _cell(value: Any, kind: str) -> Any:

@@ -9,7 +9,6 @@ Needs Debian's `chromium` and `npm install` in tests/browser: `tests/setup.sh` d
 from __future__ import annotations
 
 import functools
-import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from tests.aws import rows_when_landed
 from tests.service import WRITE_KEY, Service
@@ -67,16 +66,6 @@ def sluice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     ).start()
     yield svc
     svc.kill()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is not installed: run tests/setup.sh"
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 def open_shop(browser: Browser, site: str, sluice: Service, how: str, key: str) -> Page:

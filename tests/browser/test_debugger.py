@@ -9,14 +9,13 @@ Needs Debian's `chromium`: `tests/setup.sh` installs it.
 from __future__ import annotations
 
 import re
-import shutil
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 import segment.analytics as segment_analytics
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.service import WRITE_KEY, Service
 
@@ -33,16 +32,6 @@ def sluice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     ).start()
     yield svc
     svc.kill()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is not installed: run tests/setup.sh"
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
