@@ -123,7 +123,7 @@ class SinkSpec:
     headers: tuple[tuple[str, str], ...] = ()  # webhook: sent with every POST
     max_columns: int = 500  # typed tables: columns per table; more keys go to `_rejected`
     timeout_s: float = 10.0  # webhook: per request
-    post_events: int = 100  # webhook: events per POST (a batch goes out as several)
+    post_events: int = 500  # webhook: events per POST (a batch goes out as several)
     post_bytes: int = 500 * 1024  # webhook: bytes of JSON per POST
     post_lanes: int = 4  # webhook: POSTs at once, each lane a share of the users in order
 

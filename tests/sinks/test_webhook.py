@@ -14,7 +14,7 @@ from sinks.base import Batch
 from sinks.webhook import WebhookSink
 from tests.receiver import Receiver
 
-POST_EVENTS = 100  # the default max_events of a webhook sink
+POST_EVENTS = 100
 
 
 def spec(url: str, **options: object) -> SinkSpec:
@@ -40,7 +40,11 @@ def batch(n: int, start: int = 0) -> Batch:
 
 def test_batches_in_segment_shape_with_headers_and_retries() -> None:
     with Receiver([503, 503, 429, "timeout"], hang_s=2.0) as receiver:
-        options = {"headers": {"Authorization": "Bearer s3cret"}, "post_lanes": 1}
+        options = {
+            "headers": {"Authorization": "Bearer s3cret"},
+            "post_lanes": 1,
+            "post_events": 100,
+        }
         sink = WebhookSink(spec(receiver.url, **options))
         sink.backoff_base_s = 0.01
         delivered = sink.write(batch(250))
@@ -55,7 +59,8 @@ def test_batches_in_segment_shape_with_headers_and_retries() -> None:
 
 def test_a_4xx_refuses_its_post_for_good_and_the_rest_goes_on() -> None:
     with Receiver([400]) as receiver:
-        delivered = WebhookSink(spec(receiver.url, post_lanes=1)).write(batch(POST_EVENTS + 10))
+        sink = WebhookSink(spec(receiver.url, post_lanes=1, post_events=POST_EVENTS))
+        delivered = sink.write(batch(POST_EVENTS + 10))
     assert [r.index for r in delivered.rejected] == list(range(POST_EVENTS))
     assert "webhook answered 400" in delivered.rejected[0].reason
     assert '"scripted"' in delivered.rejected[0].reason
