@@ -366,7 +366,7 @@ class Producer:
                     delay,
                     state.stats.last_error,
                 )
-                await asyncio.sleep(delay)
+                await self._back_off(state, delay)
         sent.delivered, sent.delivered_at = delivered, time.time()
         state.stats.values_rejected += delivered.values_rejected
         if delivered.rejected:
@@ -374,6 +374,12 @@ class Producer:
         state.stats.batches += 1
         state.done[batch.start] = batch.end
         self._commit(state)
+
+    async def _back_off(self, state: _SinkState, delay: float) -> None:
+        """Wait `delay` before the next attempt, or less if the sink may drop meanwhile."""
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not self._may_drop(state):
+            await asyncio.sleep(min(0.25, deadline - time.monotonic()))
 
     def _may_drop(self, state: _SinkState) -> bool:
         """A non-critical sink gives up on a failing batch once the log is this full

@@ -85,7 +85,8 @@ class WebhookSink:
         )
         self.client = httpx.Client(headers=headers, timeout=spec.timeout_s, limits=limits)
         self.lanes = ThreadPoolExecutor(spec.post_lanes, thread_name_prefix="webhook")
-        self.give_up_after_s = 10.0  # then the producer takes over, batch by batch
+        # Then the producer takes over, batch by batch; sooner for a sink that may drop.
+        self.give_up_after_s = 10.0 if spec.critical else 2.0
         self.backoff_base_s = 0.2
         self.backoff_cap_s = 10.0
         self.retries = 0
