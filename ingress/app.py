@@ -33,7 +33,7 @@ from ingress import cdn, debugger, events
 from ingress.auth import WriteKeys
 from ingress.cors import CorsPolicy
 from ingress.counters import ReplicaCounters
-from ingress.dedup import SeenIds
+from ingress.dedup import Key, SeenIds
 from ingress.enrich import Enrichment
 from ingress.events import IngressError, Rejection
 from ingress.openapi import openapi_document
@@ -380,35 +380,38 @@ async def accept_and_store(
     )
     for r in parsed.rejected:
         state.counters.add("sluice_events_rejected", r.code)
-    if state.dedup is not None:
-        _drop_duplicates(state, state.dedup, parsed, source)
+    fresh = _drop_duplicates(state, state.dedup, parsed, source) if state.dedup else []
     await _store(state, parsed, source, bulk=record_type is None)
     if state.dedup is not None:
-        for ids in parsed.ids.values():
-            state.dedup.add(source, ids)
+        state.dedup.add(fresh)
     return _answer(state, parsed, single=record_type is not None)
 
 
 def _drop_duplicates(
     state: IngressState, dedup: SeenIds, parsed: events.Parsed, source: str
-) -> None:
+) -> list[Key]:
     """Take out of `parsed` the events whose messageId this source sent within the window
-    (or earlier in this request): they are answered 200 and not stored again."""
+    (or earlier in this request): they are answered 200 and not stored again. Returns
+    the keys of the events left, to remember once they are stored."""
+    fresh: list[Key] = []
     for kind, ids in parsed.ids.items():
-        seen = dedup.seen(source, ids)
+        keys = dedup.keys(source, ids)
+        seen = dedup.seen(keys)
         if len(ids) > 1:
             first: set[str] = set()
             for i, message_id in enumerate(ids):
                 seen[i] = seen[i] or message_id in first
                 first.add(message_id)
         if not any(seen):
+            fresh += keys
             continue
         payloads = parsed.by_type[kind]
         parsed.by_type[kind] = [p for p, dup in zip(payloads, seen, strict=True) if not dup]
-        parsed.ids[kind] = [m for m, dup in zip(ids, seen, strict=True) if not dup]
+        fresh += [k for k, dup in zip(keys, seen, strict=True) if not dup]
         state.counters.add("sluice_duplicates", kind, amount=sum(seen))
     for kind in [k for k, payloads in parsed.by_type.items() if not payloads]:
-        del parsed.by_type[kind], parsed.ids[kind]
+        del parsed.by_type[kind]
+    return fresh
 
 
 def _with_cors(state: IngressState, request: Request, response: Response) -> Response:

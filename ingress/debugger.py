@@ -83,8 +83,9 @@ class Filters:
         self.text = (query.get("q") or "").encode()
 
     def logs(self, log_root: Path) -> list[Path]:
-        names = [self.type] if self.type else sorted(os.listdir(log_root))
-        return [log_root / n for n in names if (log_root / n / segments.WRITERS).is_dir()]
+        names = sorted(os.listdir(log_root))  # a type asked for is one of them, never a path
+        chosen = [n for n in names if n == self.type] if self.type else names
+        return [log_root / n for n in chosen if (log_root / n / segments.WRITERS).is_dir()]
 
     def keeps(self, item: dict[str, Any]) -> bool:
         if self.source and item.get("source") != self.source:
@@ -93,33 +94,26 @@ class Filters:
 
 
 def _summary(log: str, payload: bytes) -> dict[str, Any]:
+    """What the page lists of one record: an event, or a dead letter (`reason`, `payload`,
+    `source`, `receivedAt`) shown as its rejected event."""
     record: dict[str, Any] = orjson.loads(payload)
-    if log == DEADLETTER:  # {"reason", "payload", "source", "receivedAt"}
-        event = record.get("payload")
-        event = event if isinstance(event, dict) else {"payload": event}
-        return {
-            "rejected": record.get("reason", ""),
-            "type": event.get("type", "?"),
-            "event": event.get("event") or event.get("name"),
-            "user": event.get("userId") or event.get("anonymousId"),
-            "source": record.get("source"),
-            "receivedAt": record.get("receivedAt"),
-            "messageId": event.get("messageId"),
-            "json": event,
-        }
-    context = record.get("context") or {}
-    violations = (
-        (context.get("sluice") or {}).get("violations") if isinstance(context, dict) else None
-    )
+    event, rejected = record, None
+    if log == DEADLETTER:
+        rejected = record.get("reason", "")
+        original = record.get("payload")
+        event = original if isinstance(original, dict) else {"payload": original}
+    context = event.get("context")
+    sluice = context.get("sluice") if isinstance(context, dict) else None
     return {
-        "type": record.get("type", log),
-        "event": record.get("event") or record.get("name"),
-        "user": record.get("userId") or record.get("anonymousId"),
+        "rejected": rejected,
+        "type": event.get("type", log if rejected is None else "?"),
+        "event": event.get("event") or event.get("name"),
+        "user": event.get("userId") or event.get("anonymousId"),
         "source": record.get("source"),
         "receivedAt": record.get("receivedAt"),
-        "messageId": record.get("messageId"),
-        "violations": violations,
-        "json": record,
+        "messageId": event.get("messageId"),
+        "violations": sluice.get("violations") if isinstance(sluice, dict) else None,
+        "json": event,
     }
 
 

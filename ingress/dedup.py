@@ -38,7 +38,11 @@ _VECTOR_FROM = 8
 _U64 = (1 << 64) - 1  # numpy's uint64 arithmetic wraps; the Python path does the same
 
 
-def _hashes(source: str, message_ids: list[str]) -> list[tuple[int, int]]:
+#: An id's two 64-bit hashes; its bit positions are `h1 + i * h2` (double hashing).
+Key = tuple[int, int]
+
+
+def _hashes(source: str, message_ids: list[str]) -> list[Key]:
     out = []
     for message_id in message_ids:
         digest = hashlib.blake2b(f"{source}\0{message_id}".encode(), digest_size=16).digest()
@@ -120,20 +124,24 @@ class SeenIds:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 
-    def _positions(self, hashes: list[tuple[int, int]]) -> np.ndarray:
+    def _positions(self, hashes: list[Key]) -> np.ndarray:
         h1 = np.array([h for h, _ in hashes], dtype=np.uint64)[:, None]
         h2 = np.array([h for _, h in hashes], dtype=np.uint64)[:, None]
         steps = np.arange(self.k, dtype=np.uint64)[None, :]
         with np.errstate(over="ignore"):
             return (h1 + steps * h2) % np.uint64(self.bits)
 
-    def seen(self, source: str, message_ids: list[str]) -> list[bool]:
-        """For each id, whether it was added within the window."""
-        if not message_ids:
+    @staticmethod
+    def keys(source: str, message_ids: list[str]) -> list[Key]:
+        """The keys of `(source, id)` pairs: made once, for `seen` and then `add`."""
+        return _hashes(source, message_ids)
+
+    def seen(self, hashes: list[Key]) -> list[bool]:
+        """For each key, whether it was added within the window."""
+        if not hashes:
             return []
         now = int(time.time() // self.window_s)
         slices = [s for s in (self._slice(now), self._slice(now - 1)) if s is not None]
-        hashes = _hashes(source, message_ids)
         if len(hashes) < _VECTOR_FROM:
             return [any(self._has(s, h) for s in slices) for h in hashes]
         positions = self._positions(hashes)
@@ -146,7 +154,7 @@ class SeenIds:
             found |= ((s.bytes[byte] & mask) != 0).all(axis=1)
         return found.tolist()
 
-    def _has(self, s: _Slice, h: tuple[int, int]) -> bool:
+    def _has(self, s: _Slice, h: Key) -> bool:
         h1, h2 = h
         data, bits = s.view, self.bits
         for i in range(self.k):
@@ -155,14 +163,13 @@ class SeenIds:
                 return False
         return True
 
-    def add(self, source: str, message_ids: list[str]) -> None:
-        """Remember `message_ids` (stored just now) in the current slice."""
-        if not message_ids:
+    def add(self, hashes: list[Key]) -> None:
+        """Remember the keys of events stored just now, in the current slice."""
+        if not hashes:
             return
         current = self._slice(int(time.time() // self.window_s))
         if current is None or current.added >= self.capacity:
             return  # full: see the module's docstring
-        hashes = _hashes(source, message_ids)
         if len(hashes) < _VECTOR_FROM:
             data, bits = current.view, self.bits
             for h1, h2 in hashes:

@@ -40,6 +40,7 @@ PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
 #: HTTP status of an `IngressError` -> JSON-RPC error code (the server-error range for
 #: what JSON-RPC has no code of its own for). `data` carries the HTTP API's `code`.
 RPC_CODES = {
@@ -160,6 +161,10 @@ class Connection:
             if pause:
                 self.resume_at = max(self.resume_at, time.monotonic() + pause)
             return answer
+        except Exception:  # a fault of Sluice's own: answered, as HTTP answers 500
+            logger.exception("websocket call %s failed", method)
+            data = {"status": 500, "code": "internal_error", "retryAfter": 1.0}
+            return _error(call_id, INTERNAL_ERROR, "internal error; retry", data)
         if status != 200:
             data = {"status": status, **{k: v for k, v in body.items() if k != "success"}}
             return _error(call_id, INVALID_PARAMS, str(body.get("message", "invalid")), data)
