@@ -96,6 +96,10 @@ class SeenIds:
         self.slices: dict[int, _Slice] = {}
         self.failed = False
         directory.mkdir(parents=True, exist_ok=True)
+        # Made (allocated, mapped) now, at the replica's start, not on its first request.
+        now = int(time.time() // window_s)
+        self._slice(now)
+        self._slice(now - 1)
 
     @staticmethod
     def space_needed(capacity: int) -> int:
