@@ -313,7 +313,8 @@ def test_every_path_and_method_answers_cleanly(ingress_target: IngressTarget) ->
     @given(
         method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]),
         path=st.sampled_from([*POSTS, *GETS, "/", "/v1", "/v2/track"])
-        | st.text(alphabet="/abcv1._%~-", max_size=30).map(lambda p: "/" + p),
+        # httpx itself refuses a relative URL starting with "//": not a request to test.
+        | st.text(alphabet="/abcv1._%~-", max_size=30).map(lambda p: "/" + p.lstrip("/")),
         query=st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=3),
     )
     def check(method: str, path: str, query: dict[str, str]) -> None:
