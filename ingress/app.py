@@ -33,7 +33,7 @@ from ingress import cdn, debugger, events
 from ingress.auth import WriteKeys
 from ingress.cors import CorsPolicy
 from ingress.counters import ReplicaCounters
-from ingress.dedup import Key, SeenIds
+from ingress.dedup import Lookup, SeenIds
 from ingress.enrich import Enrichment
 from ingress.events import IngressError, Rejection
 from ingress.openapi import openapi_document
@@ -383,31 +383,33 @@ async def accept_and_store(
     fresh = _drop_duplicates(state, state.dedup, parsed, source) if state.dedup else []
     await _store(state, parsed, source, bulk=record_type is None)
     if state.dedup is not None:
-        state.dedup.add(fresh)
+        for found, stored in fresh:
+            state.dedup.add(found, stored)
     return _answer(state, parsed, single=record_type is not None)
 
 
 def _drop_duplicates(
     state: IngressState, dedup: SeenIds, parsed: events.Parsed, source: str
-) -> list[Key]:
+) -> list[tuple[Lookup, list[bool] | None]]:
     """Take out of `parsed` the events whose messageId this source sent within the window
-    (or earlier in this request): they are answered 200 and not stored again. Returns
-    the keys of the events left, to remember once they are stored."""
-    fresh: list[Key] = []
+    (or earlier in this request): they are answered 200 and not stored again. Returns,
+    per record type, its lookup and which of its ids to remember once they are stored
+    (None: all)."""
+    fresh: list[tuple[Lookup, list[bool] | None]] = []
     for kind, ids in parsed.ids.items():
-        keys = dedup.keys(source, ids)
-        seen = dedup.seen(keys)
+        found = dedup.lookup(source, ids)
+        seen = found.seen
         if len(ids) > 1:
             first: set[str] = set()
             for i, message_id in enumerate(ids):
                 seen[i] = seen[i] or message_id in first
                 first.add(message_id)
         if not any(seen):
-            fresh += keys
+            fresh.append((found, None))
             continue
         payloads = parsed.by_type[kind]
         parsed.by_type[kind] = [p for p, dup in zip(payloads, seen, strict=True) if not dup]
-        fresh += [k for k, dup in zip(keys, seen, strict=True) if not dup]
+        fresh.append((found, [not dup for dup in seen]))
         state.counters.add("sluice_duplicates", kind, amount=sum(seen))
     for kind in [k for k, payloads in parsed.by_type.items() if not payloads]:
         del parsed.by_type[kind]

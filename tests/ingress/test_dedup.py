@@ -11,37 +11,54 @@ from ingress.dedup import FP_RATE, SeenIds
 def test_ids_are_seen_after_add_by_another_instance_and_per_source(tmp_path: Path) -> None:
     one = SeenIds(tmp_path, window_s=3600, capacity=100_000)
     few, many = ["a", "b"], [f"id-{i}" for i in range(1000)]
-    assert one.seen(one.keys("web", few)) == [False, False]
-    assert not any(one.seen(one.keys("web", many)))
-    one.add(one.keys("web", few))
-    one.add(one.keys("web", many))
+    assert one.lookup("web", few).seen == [False, False]
+    assert not any(one.lookup("web", many).seen)
+    one.add(one.lookup("web", few))
+    one.add(one.lookup("web", many))
     # Another replica (or the service after a restart) maps the same files.
     other = SeenIds(tmp_path, window_s=3600, capacity=100_000)
-    assert other.seen(other.keys("web", few)) == [True, True]
-    assert all(other.seen(other.keys("web", many)))
-    assert other.seen(other.keys("ios", few)) == [False, False]  # per source
-    assert other.seen(other.keys("web", ["a", "new"])) == [True, False]
+    assert other.lookup("web", few).seen == [True, True]
+    assert all(other.lookup("web", many).seen)
+    assert other.lookup("ios", few).seen == [False, False]  # per source
+    assert other.lookup("web", ["a", "new"]).seen == [True, False]
+
+
+def test_few_and_many_ids_share_one_layout_and_only_stored_ids_are_added(
+    tmp_path: Path,
+) -> None:
+    # A few ids are worked out in Python, many with numpy: each sees what the other added.
+    seen = SeenIds(tmp_path, window_s=3600, capacity=100_000)
+    many = [f"id-{i}" for i in range(100)]
+    found = seen.lookup("web", many)
+    seen.add(found, [i % 2 == 0 for i in range(100)])  # only the even ones were stored
+    assert seen.lookup("web", ["id-0", "id-1", "id-98"]).seen == [True, False, True]
+    seen.add(seen.lookup("web", ["x-1", "x-2"]), [False, True])
+    assert seen.lookup("web", ["x-1", "x-2", *many]).seen == [
+        False,
+        True,
+        *[i % 2 == 0 for i in range(100)],
+    ]
 
 
 def test_no_false_positives_among_many_new_ids(tmp_path: Path) -> None:
     seen = SeenIds(tmp_path, window_s=3600, capacity=200_000)
-    seen.add(seen.keys("web", [f"old-{i}" for i in range(100_000)]))
-    fresh = seen.seen(seen.keys("web", [f"new-{i}" for i in range(100_000)]))
+    seen.add(seen.lookup("web", [f"old-{i}" for i in range(100_000)]))
+    fresh = seen.lookup("web", [f"new-{i}" for i in range(100_000)]).seen
     assert sum(fresh) <= 1  # expected 100,000 x FP_RATE at half capacity: ~0
     assert FP_RATE <= 1e-6
 
 
 def test_an_id_is_forgotten_after_two_windows(tmp_path: Path) -> None:
     seen = SeenIds(tmp_path, window_s=0.5, capacity=1000)
-    seen.add(seen.keys("web", ["x"]))
-    assert seen.seen(seen.keys("web", ["x"])) == [True]
+    seen.add(seen.lookup("web", ["x"]))
+    assert seen.lookup("web", ["x"]).seen == [True]
     time.sleep(1.05)  # two slices later
-    assert seen.seen(seen.keys("web", ["x"])) == [False]
+    assert seen.lookup("web", ["x"]).seen == [False]
     assert len(list(tmp_path.glob("*.bloom"))) <= 2  # old slices are deleted
 
 
 def test_a_full_slice_takes_no_more_ids(tmp_path: Path) -> None:
     seen = SeenIds(tmp_path, window_s=3600, capacity=10)
-    seen.add(seen.keys("web", [f"a{i}" for i in range(10)]))
-    seen.add(seen.keys("web", ["late"]))
-    assert seen.seen(seen.keys("web", ["late", "a3"])) == [False, True]
+    seen.add(seen.lookup("web", [f"a{i}" for i in range(10)]))
+    seen.add(seen.lookup("web", ["late"]))
+    assert seen.lookup("web", ["late", "a3"]).seen == [False, True]
