@@ -380,40 +380,43 @@ async def accept_and_store(
     )
     for r in parsed.rejected:
         state.counters.add("sluice_events_rejected", r.code)
-    fresh = _drop_duplicates(state, state.dedup, parsed, source) if state.dedup else []
+    fresh = _drop_duplicates(state, state.dedup, parsed, source) if state.dedup else None
     await _store(state, parsed, source, bulk=record_type is None)
-    if state.dedup is not None:
-        for found, stored in fresh:
-            state.dedup.add(found, stored)
+    if state.dedup is not None and fresh is not None:
+        state.dedup.add(*fresh)
     return _answer(state, parsed, single=record_type is not None)
 
 
 def _drop_duplicates(
     state: IngressState, dedup: SeenIds, parsed: events.Parsed, source: str
-) -> list[tuple[Lookup, list[bool] | None]]:
+) -> tuple[Lookup, list[bool] | None] | None:
     """Take out of `parsed` the events whose messageId this source sent within the window
-    (or earlier in this request): they are answered 200 and not stored again. Returns,
-    per record type, its lookup and which of its ids to remember once they are stored
-    (None: all)."""
-    fresh: list[tuple[Lookup, list[bool] | None]] = []
-    for kind, ids in parsed.ids.items():
-        found = dedup.lookup(source, ids)
-        seen = found.seen
-        if len(ids) > 1:
-            first: set[str] = set()
-            for i, message_id in enumerate(ids):
-                seen[i] = seen[i] or message_id in first
-                first.add(message_id)
-        if not any(seen):
-            fresh.append((found, None))
-            continue
-        payloads = parsed.by_type[kind]
-        parsed.by_type[kind] = [p for p, dup in zip(payloads, seen, strict=True) if not dup]
-        fresh.append((found, [not dup for dup in seen]))
-        state.counters.add("sluice_duplicates", kind, amount=sum(seen))
+    (or earlier in this request): they are answered 200 and not stored again. Returns
+    the request's lookup and which of its ids to remember once they are stored (None:
+    all), or None when there is nothing to remember."""
+    ids = [message_id for kind_ids in parsed.ids.values() for message_id in kind_ids]
+    if not ids:
+        return None
+    found = dedup.lookup(source, ids)  # once for all record types: numpy's cost is per call
+    seen = found.seen
+    if len(ids) > 1:
+        first: set[str] = set()
+        for i, message_id in enumerate(ids):
+            seen[i] = seen[i] or message_id in first
+            first.add(message_id)
+    if not any(seen):
+        return found, None
+    at = 0
+    for kind, kind_ids in parsed.ids.items():
+        dups = seen[at : at + len(kind_ids)]
+        at += len(kind_ids)
+        if any(dups):
+            payloads = parsed.by_type[kind]
+            parsed.by_type[kind] = [p for p, dup in zip(payloads, dups, strict=True) if not dup]
+            state.counters.add("sluice_duplicates", kind, amount=sum(dups))
     for kind in [k for k, payloads in parsed.by_type.items() if not payloads]:
         del parsed.by_type[kind]
-    return fresh
+    return found, [not dup for dup in seen]
 
 
 def _with_cors(state: IngressState, request: Request, response: Response) -> Response:

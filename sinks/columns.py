@@ -1,9 +1,11 @@
 """From log records to Arrow columns, once per batch: the Parquet schema and the decoder.
 
-Events are decoded with typed `msgspec` passes over the whole batch: one keeps each
+Events are decoded in one typed `msgspec` pass over the whole batch, which keeps each
 free-form part (`properties`, `traits`, `context`, `integrations`) as the JSON text the
-replica wrote, with no decode and re-encode; one reads the few places in `context` the
-enrichers fill, for their columns. Times are parsed in Arrow.
+replica wrote, with no decode and re-encode. The enriched columns are read from the
+batch's distinct `context` texts only (a page's events, a session's, share theirs), in a
+second typed pass, and spread to the events by Arrow. Text columns go to Arrow as they
+are (ingress wrote text) and times are parsed in Arrow, once per distinct text.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import array
 import itertools
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -94,9 +97,44 @@ def _text(value: Any) -> str | None:
 _DECODER = msgspec.json.Decoder(list[StoredEvent])
 
 
+class _Named(msgspec.Struct):
+    name: str | None = None
+
+
+class _Device(msgspec.Struct):
+    model: str | None = None
+
+
+class _Location(msgspec.Struct):
+    country: str | None = None
+    city: str | None = None
+
+
+class _Campaign(msgspec.Struct):
+    source: str | None = None
+    medium: str | None = None
+    name: str | None = None
+
+
+class _Referrer(msgspec.Struct):
+    medium: str | None = None
+    source: str | None = None
+
+
 class _Context(msgspec.Struct):
-    """The places in `context` the enrichers write to (clients may send them too, in any
-    shape: `Any`, checked below)."""
+    """The places in `context` the enrichers write to, typed as they write them."""
+
+    browser: _Named | None = None
+    os: _Named | None = None
+    device: _Device | None = None
+    bot: bool | None = None
+    location: _Location | None = None
+    campaign: _Campaign | None = None
+    referrer: _Referrer | None = None
+
+
+class _AnyContext(msgspec.Struct):
+    """The same places in any shape: a client may send them too, as anything."""
 
     browser: Any = None
     os: Any = None
@@ -107,11 +145,8 @@ class _Context(msgspec.Struct):
     referrer: Any = None
 
 
-class _Enriched(msgspec.Struct):
-    context: _Context | None = None
-
-
-_ENRICHED = msgspec.json.Decoder(list[_Enriched])
+_CONTEXTS = msgspec.json.Decoder(list[_Context | None])
+_ANY_CONTEXTS = msgspec.json.Decoder(list[_AnyContext | None])
 #: Column -> (place in context, key there).
 _ENRICHED_COLUMNS = {
     "ua_browser": ("browser", "name"),
@@ -127,10 +162,49 @@ _ENRICHED_COLUMNS = {
 }
 
 
-def _text_at(context: _Context | None, place: str, key: str) -> str | None:
-    value = getattr(context, place) if context is not None else None
+def _text_in(value: Any, key: str) -> str | None:
     found = value.get(key) if isinstance(value, dict) else None
     return found if isinstance(found, str) else None
+
+
+class _Enriched:
+    """The enriched columns of a batch, read from its distinct `context`s only: most
+    events of a batch share theirs with others (a page's events, a user's session)."""
+
+    def __init__(self, contexts: list[msgspec.Raw]) -> None:
+        index: dict[bytes, int] = {}
+        self.positions = pa.array(
+            [index.setdefault(bytes(c), len(index)) for c in contexts], pa.int32()
+        )
+        text = b"[" + b",".join(c or b"null" for c in index) + b"]"
+        self.typed = True
+        try:
+            self.distinct: list[Any] = _CONTEXTS.decode(text)
+        except msgspec.ValidationError:  # some client sent one of the places in its own shape
+            self.distinct, self.typed = _ANY_CONTEXTS.decode(text), False
+        self.places: dict[str, list[Any]] = {}
+
+    def _place(self, place: str) -> list[Any]:
+        found = self.places.get(place)
+        if found is None:
+            get = attrgetter(place)
+            found = self.places[place] = [None if c is None else get(c) for c in self.distinct]
+        return found
+
+    def column(self, name: str) -> pa.Array:
+        if name == "is_bot":
+            bots = [b if type(b) is bool else None for b in self._place("bot")]
+            values = pa.array(bots, pa.bool_())
+        else:
+            place, key = _ENRICHED_COLUMNS[name]
+            found = self._place(place)
+            if self.typed:
+                get = attrgetter(key)
+                texts = [None if p is None else get(p) for p in found]
+            else:
+                texts = [_text_in(p, key) for p in found]
+            values = pa.array(texts, pa.string())
+        return values if len(values) == len(self.positions) else values.take(self.positions)
 
 
 _STRINGS = {
@@ -155,12 +229,12 @@ _JSON = ("properties", "traits", "context", "integrations")
 
 
 class Decoded:
-    """A batch's events: the columns' fields, and what the enrichers put in `context`."""
+    """A batch's events: the columns' fields (one typed pass), and what the enrichers
+    put in their `context`s."""
 
     def __init__(self, payloads: Sequence[bytes]) -> None:
-        text = b"[" + b",".join(payloads) + b"]"
-        self.events = _DECODER.decode(text)
-        self.contexts = [e.context for e in _ENRICHED.decode(text)]
+        self.events = _DECODER.decode(b"[" + b",".join(payloads) + b"]")
+        self.enriched = _Enriched([e.context for e in self.events])
 
     def __len__(self) -> int:
         return len(self.events)
@@ -191,10 +265,10 @@ def decode_or_split(payloads: Sequence[bytes]) -> tuple[Decoded, list[tuple[int,
     return Decoded(good), bad
 
 
-def _times(texts: list[str | None]) -> pa.Array:
+def _times(texts: pa.Array) -> pa.Array:
     # Parsed once per distinct text: a request's events share receivedAt, most share
     # their timestamp too.
-    encoded = pa.array(texts, pa.string()).dictionary_encode()
+    encoded = texts.dictionary_encode()
     return pc.take(pc.cast(encoded.dictionary, _TS), encoded.indices)
 
 
@@ -208,26 +282,31 @@ def _json_text(raws: list[msgspec.Raw]) -> pa.Array:
     return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
 
 
+_NULL = pa.scalar(None, pa.string())
+
+
+def _strings(values: list[Any]) -> pa.Array:
+    try:
+        return pa.array(values, pa.string())  # ingress wrote text: all of it, nearly always
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return pa.array([_text(v) for v in values], pa.string())
+
+
 def to_table(decoded: Decoded) -> pa.Table:
     """Arrow table with `SCHEMA`."""
-    events, contexts = decoded.events, decoded.contexts
+    events = decoded.events
     arrays = []
     for field in SCHEMA:
         name = field.name
-        if name in _ENRICHED_COLUMNS:
-            place, key = _ENRICHED_COLUMNS[name]
-            arrays.append(pa.array([_text_at(c, place, key) for c in contexts], pa.string()))
-            continue
-        if name == "is_bot":
-            bots = [c.bot if c is not None and isinstance(c.bot, bool) else None for c in contexts]
-            arrays.append(pa.array(bots, pa.bool_()))
-            continue
-        if name in _STRINGS:
-            key = _STRINGS[name]
-            arrays.append(pa.array([_text(getattr(e, key)) for e in events], pa.string()))
+        if name in _ENRICHED_COLUMNS or name == "is_bot":
+            arrays.append(decoded.enriched.column(name))
+        elif name in _STRINGS:
+            arrays.append(_strings(list(map(attrgetter(_STRINGS[name]), events))))
         elif name in _TIMES:
-            key = _TIMES[name]
-            arrays.append(_times([_text(getattr(e, key)) or None for e in events]))
+            texts = _strings(list(map(attrgetter(_TIMES[name]), events)))
+            arrays.append(
+                _times(pc.if_else(pc.equal(texts, ""), pa.scalar(None, pa.string()), texts))
+            )
         else:
-            arrays.append(_json_text([getattr(e, name) for e in events]))
+            arrays.append(_json_text(list(map(attrgetter(name), events))))
     return pa.Table.from_arrays(arrays, schema=SCHEMA)

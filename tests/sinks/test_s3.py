@@ -13,6 +13,7 @@ from pathlib import Path
 import boto3
 import duckdb
 import orjson
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from botocore.exceptions import ClientError
@@ -20,6 +21,7 @@ from moto.server import ThreadedMotoServer
 
 from core.config import SinkSpec
 from sinks.base import Batch
+from sinks.columns import decode, to_table
 from sinks.s3 import ParquetSink, open_filesystem
 from tests.service import free_port
 
@@ -192,3 +194,46 @@ def test_odd_values_are_written_and_an_undecodable_record_is_refused_alone(
     by_id = {r["message_id"]: r for r in rows.to_pylist()}
     assert len(by_id) == 5
     assert (by_id["odd"]["event"], by_id["odd"]["group_id"]) == ("123", "[18446744073709551616]")
+
+
+def test_enriched_columns_come_from_each_events_own_context(tmp_path: Path) -> None:
+    # Columns are read once per distinct context; a client's own shape of a place
+    # (a string where the enrichers write an object) gives null, never a wrong value.
+    chrome = {"browser": {"name": "Chrome", "version": "120"}, "bot": False}
+    shapes = [
+        chrome,
+        {"browser": {"name": "Safari"}, "location": {"country": "FR", "city": "Paris"}},
+        chrome,
+        {"browser": "Firefox", "location": {"city": 7}, "bot": "no"},
+        {},
+        chrome,
+    ]
+    base = orjson.loads(make_events(1)[0])
+    payloads = [
+        orjson.dumps(base | {"messageId": f"m-{i}", "context": context})
+        for i, context in enumerate(shapes)
+    ]
+    sink = ParquetSink(SinkSpec.parse(f"file://{tmp_path}/lake", Path.cwd()))
+    assert sink.write(Batch.of("track-0", "track", 0, payloads)).rejected == []
+    rows = ds.dataset(tmp_path / "lake", format="parquet", partitioning="hive").to_table()
+    by_id = {r["message_id"]: r for r in rows.to_pylist()}
+    columns = [
+        (by_id[f"m-{i}"]["ua_browser"], by_id[f"m-{i}"]["geo_city"], by_id[f"m-{i}"]["is_bot"])
+        for i in range(len(shapes))
+    ]
+    assert columns == [
+        ("Chrome", None, False),
+        ("Safari", "Paris", None),
+        ("Chrome", None, False),
+        (None, None, None),
+        (None, None, None),
+        ("Chrome", None, False),
+    ]
+    # Without the odd event every place is as the enrichers write it (the typed pass).
+    typed = columns_of([p for i, p in enumerate(payloads) if i != 3])
+    assert typed.column("ua_browser").to_pylist() == ["Chrome", "Safari", "Chrome", None, "Chrome"]
+    assert typed.column("is_bot").to_pylist() == [False, None, False, None, False]
+
+
+def columns_of(payloads: list[bytes]) -> pa.Table:
+    return to_table(decode(payloads))
