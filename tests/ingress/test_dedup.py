@@ -62,3 +62,12 @@ def test_a_full_slice_takes_no_more_ids(tmp_path: Path) -> None:
     seen.add(seen.lookup("web", [f"a{i}" for i in range(10)]))
     seen.add(seen.lookup("web", ["late"]))
     assert seen.lookup("web", ["late", "a3"]).seen == [False, True]
+
+
+def test_files_of_another_layout_are_never_read(tmp_path: Path) -> None:
+    small = SeenIds(tmp_path, window_s=3600, capacity=1000)
+    small.add(small.lookup("web", [f"id-{i}" for i in range(1000)]))
+    # Another capacity (or an older Sluice's files): its own files; the old ones go.
+    other = SeenIds(tmp_path, window_s=3600, capacity=2000)
+    assert not any(other.lookup("web", [f"id-{i}" for i in range(1000)]).seen)
+    assert all(str(other.blocks) in p.name for p in tmp_path.glob("*.bloom"))
