@@ -131,11 +131,11 @@ class SegmentLog:
 
     # -- writing -------------------------------------------------------------------
 
-    def append_frames(self, frames: list[bytes]) -> int:
-        """Store whole records already framed (taken from replicas' files), whatever the
-        fill: they were acknowledged. Returns the first offset."""
-        header = segments.HEADER.size
-        return self._write([f[header:] for f in frames], b"".join(frames))
+    def append_records(self, payloads: list[bytes], data: bytes) -> int:
+        """Store records already framed (`data`, taken from replicas' files; `payloads`
+        are their events), whatever the fill: they were acknowledged. Returns the first
+        offset."""
+        return self._write(payloads, data)
 
     def append(self, payloads: list[bytes], *, force: bool = False) -> int:
         """Store `payloads` durably (as durable as the directory); returns the first offset.
@@ -172,7 +172,9 @@ class SegmentLog:
         now = time.monotonic()
         position = self._pos(first)
         self._records.extend(payloads)
-        self._ends.extend(position + n for n in itertools.accumulate(map(len, payloads)))
+        self._ends += itertools.islice(
+            itertools.accumulate(map(len, payloads), initial=position), 1, None
+        )
         self._times.extend([now] * len(payloads))
         return first
 

@@ -14,7 +14,7 @@ bytes were never acknowledged.
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import logging
 import os
 import shutil
@@ -41,9 +41,21 @@ class Position:
 class Taken:
     """The records of one `take`, and where each writer's next record starts."""
 
-    frames: list[bytes]  # whole records as written (see `core.segments`), merged
+    payloads: list[bytes]  # the events, merged in stamp order
+    data: bytes  # the same records, whole as written (see `core.segments`): one write
     positions: dict[str, Position]
     pending_bytes: int  # written by replicas, not taken yet (past the horizon or partial)
+
+
+@dataclass
+class _Run:
+    """What one take found in one writer's files: its whole records up to the horizon."""
+
+    stamps: list[int]
+    payloads: list[bytes]
+    #: Each file read: its bytes, its records' ends there, and the run's index of its
+    #: first record.
+    chunks: list[tuple[bytes, list[int], int]]
 
 
 def _alive(pid_file: Path) -> bool:
@@ -60,6 +72,40 @@ def _alive(pid_file: Path) -> bool:
     return True
 
 
+def _group_bytes(run: _Run, first: int, end: int) -> list[bytes]:
+    """The bytes of records `[first, end)` of a run, as they lie in its files."""
+    starts = [c[2] for c in run.chunks]
+    at = bisect.bisect_right(starts, first) - 1
+    parts = []
+    while first < end:
+        data, ends, base = run.chunks[at]
+        stop = min(end, base + len(ends))
+        begin = ends[first - base - 1] if first > base else 0
+        parts.append(data[begin : ends[stop - base - 1]])
+        first, at = stop, at + 1
+    return parts
+
+
+def _merged(runs: list[_Run]) -> tuple[list[bytes], bytes]:
+    """The runs' records merged in stamp order (ties: writer order, then each writer's
+    own), group commit by group commit: the records of one group share their stamp, so
+    the merge and the bytes to write go by group, not by record."""
+    groups: list[tuple[int, int, int, int]] = []  # stamp, run, first record, end
+    for order, run in enumerate(runs):
+        stamps, first = run.stamps, 0
+        while first < len(stamps):
+            end = bisect.bisect_right(stamps, stamps[first], first)
+            groups.append((stamps[first], order, first, end))
+            first = end
+    groups.sort()
+    payloads: list[bytes] = []
+    parts: list[bytes] = []
+    for _stamp, order, first, end in groups:
+        payloads += runs[order].payloads[first:end]
+        parts += _group_bytes(runs[order], first, end)
+    return payloads, b"".join(parts)
+
+
 class WriterTail:
     """Tails `{log}/writers/*/NNN.seg`; positions persist in `{log}/tails.json`."""
 
@@ -74,52 +120,59 @@ class WriterTail:
     def take(self, horizon_ns: int | None = None) -> Taken:
         """New whole records of every writer stamped before `horizon_ns` (default: now)."""
         horizon = time.monotonic_ns() if horizon_ns is None else horizon_ns
-        runs: list[list[tuple[int, int, int, bytes]]] = []  # stamp, writer, index, frame
+        runs: list[_Run] = []
         positions: dict[str, Position] = {}
         pending = 0
         try:
             writers = sorted(w for w in os.listdir(self.writers_dir) if not w.startswith("."))
         except FileNotFoundError:
             writers = []
-        for order, writer in enumerate(writers):
+        for writer in writers:
             run, position, left = self._take_writer(writer, horizon)
             positions[writer] = position
             pending += left
-            if run:
-                # (stamp, writer, position): ties keep each writer's own order.
-                runs.append([(stamp, order, i, p) for i, (stamp, p) in enumerate(run)])
-        merged = heapq.merge(*runs) if len(runs) > 1 else (runs[0] if runs else [])
-        return Taken([frame for *_, frame in merged], positions, pending)
+            if run.stamps:
+                runs.append(run)
+        if len(runs) == 1:
+            run = runs[0]
+            data = b"".join(chunk[: ends[-1]] for chunk, ends, _ in run.chunks)
+            return Taken(run.payloads, data, positions, pending)
+        return Taken(*_merged(runs), positions, pending)
 
-    def _take_writer(
-        self, writer: str, horizon: int
-    ) -> tuple[list[tuple[int, bytes]], Position, int]:
+    def _take_writer(self, writer: str, horizon: int) -> tuple[_Run, Position, int]:
         directory = self.writers_dir / writer
         numbers = segments.segment_numbers(directory)
         position = self.positions.get(writer) or Position(numbers[0] if numbers else 0, 0)
-        taken: list[tuple[int, bytes]] = []
+        run = _Run([], [], [])
         pending = 0
+        header = segments.HEADER.size
         for index, number in enumerate(numbers):
             if number < position.segment:
                 continue
             path = directory / segments.segment_name(number)
             try:
-                with path.open("rb") as f:
+                with open(path, "rb") as f:
                     f.seek(position.offset)
                     data = f.read()
             except FileNotFoundError:
                 continue
             stamps, ends = segments.scan(data)
-            cut = len(stamps)
+            whole = cut = len(stamps)
             while cut and stamps[cut - 1] >= horizon:
                 cut -= 1  # stamps only grow within a writer: the tail past the horizon waits
-            starts = [0, *ends]
-            taken.extend((stamps[i], data[starts[i] : ends[i]]) for i in range(cut))
+            if cut:
+                del stamps[cut:], ends[cut:]
+                run.chunks.append((data, ends, len(run.stamps)))
+                run.stamps += stamps
+                run.payloads += [
+                    data[start + header : stop]
+                    for start, stop in zip([0, *ends[:-1]], ends, strict=True)
+                ]
             used = ends[cut - 1] if cut else 0
             last = index == len(numbers) - 1
-            if cut < len(stamps) or (last and used < len(data)):
+            if cut < whole or (last and used < len(data)):
                 pending += len(data) - used
-                return taken, Position(number, position.offset + used), pending
+                return run, Position(number, position.offset + used), pending
             if not last:
                 if used < len(data):  # a segment the writer left for a newer one ends whole
                     logger.error(
@@ -128,22 +181,25 @@ class WriterTail:
                 position = Position(numbers[index + 1], 0)
                 continue
             position = Position(number, position.offset + used)
-        return taken, position, pending
+        return run, position, pending
 
-    def commit(self, positions: dict[str, Position]) -> None:
-        """Save `positions` (after their records are stored) and delete what was taken."""
-        self.positions = dict(positions)
+    def commit(self, positions: dict[str, Position], tidy: bool = True) -> None:
+        """Save `positions` (after their records are stored) and delete what was taken;
+        with `tidy`, also remove writers that died and have nothing left."""
+        before, self.positions = self.positions, dict(positions)
         segments.write_atomic(
             self.positions_file,
             orjson.dumps({w: [p.segment, p.offset] for w, p in positions.items()}),
         )
         for writer, position in positions.items():
             directory = self.writers_dir / writer
-            numbers = segments.segment_numbers(directory)
-            for number in numbers:
+            old = before.get(writer)
+            if not tidy and old is not None and old.segment == position.segment:
+                continue  # no segment was left behind since the last commit
+            for number in segments.segment_numbers(directory):
                 if number < position.segment:
                     (directory / segments.segment_name(number)).unlink(missing_ok=True)
-            if not _alive(directory / "pid") and self._drained(directory, position):
+            if tidy and not _alive(directory / "pid") and self._drained(directory, position):
                 shutil.rmtree(directory, ignore_errors=True)
                 self.positions.pop(writer, None)
 

@@ -36,8 +36,7 @@ def payloads(tag: str, n: int) -> list[bytes]:
 def taken(tail: WriterTail) -> list[bytes]:
     result = tail.take()
     tail.commit(result.positions)
-    header = segments.HEADER.size
-    return [frame[header:] for frame in result.frames]
+    return result.payloads
 
 
 def test_concurrent_requests_share_one_write_and_all_are_taken(tmp_path: Path) -> None:
@@ -64,6 +63,38 @@ def test_events_acknowledged_by_two_replicas_come_out_in_acknowledgement_order(
         asyncio.run((first if i % 2 else second).append("track", one))
         sent += one
     assert taken(WriterTail(tmp_path / "track")) == sent
+
+
+def test_groups_of_two_writers_merge_by_stamp_with_the_bytes_to_write_in_that_order(
+    tmp_path: Path,
+) -> None:
+    # Group commits written by hand: writer a's groups at stamps 1, 3 (split over two
+    # files) and 5; writer b's at 2, 3 (a tie: a goes first) and 4.
+    writers = tmp_path / "track" / segments.WRITERS
+    files = {
+        ("a", 0): [(1, ["a1", "a2"]), (3, ["a3"])],
+        ("a", 1): [(3, ["a4"]), (5, ["a5", "a6"])],
+        ("b", 0): [(2, ["b1"]), (3, ["b2", "b3"]), (4, ["b4"])],
+    }
+    for (name, number), groups in files.items():
+        (writers / name).mkdir(parents=True, exist_ok=True)
+        (writers / name / "pid").write_text(str(os.getpid()))
+        data = b"".join(
+            segments.encode([e.encode() for e in events], stamp) for stamp, events in groups
+        )
+        (writers / name / segments.segment_name(number)).write_bytes(data)
+    result = WriterTail(tmp_path / "track").take(horizon_ns=10)
+    expected = ["a1", "a2", "b1", "a3", "a4", "b2", "b3", "b4", "a5", "a6"]
+    assert [p.decode() for p in result.payloads] == expected
+    records, _ = segments.decode(result.data)  # what the producer's log writes
+    assert [payload for _, payload in records] == result.payloads
+    assert [stamp for stamp, _ in records] == [1, 1, 2, 3, 3, 3, 3, 4, 5, 5]
+    # A horizon cuts between groups: what is stamped at or after it waits.
+    assert [p.decode() for p in WriterTail(tmp_path / "track").take(horizon_ns=3).payloads] == [
+        "a1",
+        "a2",
+        "b1",
+    ]
 
 
 def test_segments_taken_whole_are_deleted_and_positions_survive_a_reopen(
@@ -162,8 +193,7 @@ def test_a_log_dir_that_fills_refuses_whole_requests_and_keeps_the_rest(
             refused += 1
     assert refused and acknowledged
     # Every acknowledged event is whole in the file, and nothing half-written follows.
-    frames = WriterTail(tiny_tmpfs / "track").take().frames
-    assert [f[segments.HEADER.size :] for f in frames] == acknowledged
+    assert WriterTail(tiny_tmpfs / "track").take().payloads == acknowledged
     for f in (tiny_tmpfs / "track" / segments.WRITERS).glob("*/*.seg"):
         _, ends = segments.decode(f.read_bytes())
         assert not ends or ends[-1] == os.path.getsize(f)
