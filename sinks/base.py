@@ -7,6 +7,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -47,6 +48,16 @@ class Batch:
         )
         events = pa.record_batch([column], names=["event"])
         return cls(log_id, record_type, start, start + len(payloads), events)
+
+
+def joined(events: pa.Array, separator: bytes) -> bytes:
+    """The payloads of a `large_binary` column with `separator` (one byte) between them:
+    one numpy pass over its buffer, with no Python object per event."""
+    offsets = np.frombuffer(events.buffers()[1], dtype=np.int64)[
+        events.offset : events.offset + len(events) + 1
+    ]
+    data = np.frombuffer(events.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return bytes(np.insert(data, offsets[1:-1] - offsets[0], separator[0]).tobytes())
 
 
 @dataclass(frozen=True)

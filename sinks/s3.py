@@ -66,7 +66,7 @@ class ParquetSink:
         )
 
     def write(self, batch: Batch) -> Delivered:
-        decoded, bad = columns.decode_or_split(batch.payloads())
+        decoded, bad = columns.decode_batch(batch)
         table = columns.to_table(decoded)
         events = decoded.events
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.config import SinkSpec
-from sinks.base import Batch, Delivered, Rejected
+from sinks.base import Batch, Delivered, Rejected, joined
 
 _RETRYABLE = frozenset({408, 429})
 
@@ -42,7 +42,6 @@ class WebhookError(RuntimeError):
     """The receiver kept failing; the batch is retried later."""
 
 
-_COMMA = ord(",")
 #: Where an event's partition key is, in the JSON Sluice wrote: the first match wins.
 _KEY_PATTERNS = [f'"{name}":"(?P<key>[^"]+)"' for name in ("userId", "anonymousId", "messageId")]
 
@@ -79,12 +78,7 @@ def _posts(events: pa.Array, max_events: int, max_bytes: int) -> Iterator[tuple[
 
 def body_of(events: pa.Array) -> bytes:
     """`{"batch": [...]}` of `events` (large_binary JSON), joined by numpy, not per event."""
-    offsets = np.frombuffer(events.buffers()[1], dtype=np.int64)[
-        events.offset : events.offset + len(events) + 1
-    ]
-    data = np.frombuffer(events.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    joined = np.insert(data, offsets[1:-1] - offsets[0], _COMMA)
-    return b'{"batch":[' + joined.tobytes() + b"]}"
+    return b'{"batch":[' + joined(events, b",") + b"]}"
 
 
 class WebhookSink:
