@@ -191,19 +191,23 @@ class WebSocketTrack(User):
             )
             sent_at[n] = time.perf_counter()
             self.socket.send(call)
-        acked = []
-        for _ in ids:
-            answer = orjson.loads(self.socket.recv())
-            n = answer.get("id")
-            error = answer.get("error")
-            events.request.fire(  # type: ignore[no-untyped-call]
-                request_type="WS",
-                name="/v1/ws track",
-                response_time=(time.perf_counter() - sent_at.get(n, 0.0)) * 1000,
-                response_length=0,
-                exception=RuntimeError(str(error)) if error else None,
-                context={},
-            )
-            if error is None and isinstance(n, int):
-                acked.append(ids[n])
-        ACKED.add(acked)
+        acked: list[str] = []
+        try:
+            for _ in ids:
+                answer = orjson.loads(self.socket.recv())
+                n = answer.get("id")
+                error = answer.get("error")
+                if error is None and isinstance(n, int):
+                    acked.append(ids[n])  # before it is counted: a stop may come between
+                events.request.fire(  # type: ignore[no-untyped-call]
+                    request_type="WS",
+                    name="/v1/ws track",
+                    response_time=(time.perf_counter() - sent_at.get(n, 0.0)) * 1000,
+                    response_length=0,
+                    exception=RuntimeError(str(error)) if error else None,
+                    context={},
+                )
+        finally:
+            # Also when the run stops this user mid-window: every answer counted above
+            # has its id in the acked file, so `events` matches the answered calls.
+            ACKED.add(acked)
