@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import signal
 import socket
 import subprocess
@@ -17,12 +18,24 @@ import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs install
 
 from bench.generator import BenchError, child_env
 
+#: Where `free_port` looks: above Ray's worker ports (10002-19999) and below the
+#: kernel's ephemeral range (32768 up), from which Ray and every client take ports. A
+#: service restarted on its port (the chaos tests) must not find a Ray agent started
+#: meanwhile sitting on it.
+_PORTS = range(20000, 32768)
+
 
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on loopback that nothing listens on right now, outside the ports the
+    kernel hands out by itself."""
+    for port in random.sample(_PORTS, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 class _Server:
