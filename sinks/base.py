@@ -50,12 +50,17 @@ class Batch:
         return cls(log_id, record_type, start, start + len(payloads), events)
 
 
+def offsets_of(events: pa.Array) -> np.ndarray:
+    """Where each payload of a `large_binary` column starts in its data buffer, and where
+    the last ends (a view, no copy)."""
+    offsets = np.frombuffer(events.buffers()[1], dtype=np.int64)
+    return offsets[events.offset : events.offset + len(events) + 1]
+
+
 def joined(events: pa.Array, separator: bytes) -> bytes:
     """The payloads of a `large_binary` column with `separator` (one byte) between them:
     one numpy pass over its buffer, with no Python object per event."""
-    offsets = np.frombuffer(events.buffers()[1], dtype=np.int64)[
-        events.offset : events.offset + len(events) + 1
-    ]
+    offsets = offsets_of(events)
     data = np.frombuffer(events.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
     return bytes(np.insert(data, offsets[1:-1] - offsets[0], separator[0]).tobytes())
 

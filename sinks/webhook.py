@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.config import SinkSpec
-from sinks.base import Batch, Delivered, Rejected, joined
+from sinks.base import Batch, Delivered, Rejected, joined, offsets_of
 
 _RETRYABLE = frozenset({408, 429})
 
@@ -63,9 +63,7 @@ def lanes_of(events: pa.Array, lanes: int) -> np.ndarray:
 
 def _posts(events: pa.Array, max_events: int, max_bytes: int) -> Iterator[tuple[int, int]]:
     """`[start, end)` of each POST of `events`, within the count and size limits."""
-    offsets = np.frombuffer(events.buffers()[1], dtype=np.int64)[
-        events.offset : events.offset + len(events) + 1
-    ]
+    offsets = offsets_of(events)
     ends = offsets[1:] - offsets[0] + np.arange(1, len(events) + 1)  # bytes with commas
     start = 0
     while start < len(events):
