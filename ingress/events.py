@@ -269,21 +269,18 @@ def derived_message_id(item: dict[str, Any], source: str) -> str:
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
 
 
-def enrich(
+def add_server_fields(
     event: dict[str, Any],
     record_type: str,
     *,
     source: str,
     received: datetime,
-    ip: str | None,
     sent_at: Any = None,
-    violations: list[dict[str, str]] | None = None,
     received_text: str | None = None,
-) -> dict[str, Any]:
-    """Add the server-set fields, as Segment does.
+) -> None:
+    """Add the server-set fields but `context`'s, as Segment does.
 
     `timestamp = receivedAt - (sentAt - originalTimestamp)` corrects the client's clock.
-    `context.sluice` is Sluice's own: it holds the tracking-plan `violations`, if any.
     """
     event["type"] = record_type
     event.pop("writeKey", None)
@@ -306,16 +303,22 @@ def enrich(
     received_text = received_text or utc_text(received)
     event["timestamp"] = received_text if timestamp is received else utc_text(timestamp)
     event["receivedAt"] = received_text
-    # A copy: the payload as the client sent it stays intact for dead letters.
-    context = dict(event.get("context") or {})
+    event["source"] = source
+
+
+def server_context(
+    sent: Any, ip: str | None, violations: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """The event's `context` as stored: a copy of what the client `sent` (that stays intact
+    for dead letters), with the request's address and, in `context.sluice` (Sluice's own),
+    the tracking-plan `violations`, if any."""
+    context = dict(sent or {})
     context.pop("sluice", None)  # only Sluice writes there
     if violations:
         context["sluice"] = {"violations": violations}
     if ip and "ip" not in context:
         context["ip"] = ip
-    event["context"] = context
-    event["source"] = source
-    return event
+    return context
 
 
 def accept(
@@ -338,6 +341,12 @@ def accept(
     received = datetime.now(UTC)
     parsed = Parsed(received_at=utc_text(received))
     defaults = defaults or {}
+    # The events that take the batch's own `context` all store the same one when what
+    # enriches it reads the context alone: it is made and serialised once per request.
+    shares = isinstance(defaults.get("context"), dict) and (
+        enrichment is None or enrichment.context_only
+    )
+    shared: Any = None  # that context as JSON, or _DROPPED when enrichment drops it
     for index, item in enumerate(items):
         try:
             kind = record_type or (item.get("type") if isinstance(item, dict) else None)
@@ -359,25 +368,31 @@ def accept(
                     + "; ".join(f"{v['path']}: {v['message']}" for v in violations),
                     violations,
                 )
+            inherits = shares and "context" not in event and not violations
+            if inherits and shared is _DROPPED:
+                parsed.dropped += 1
+                continue
+            reuse = inherits and shared is not None
             for key in _BATCH_DEFAULTS:
                 if key in defaults and key not in event and isinstance(defaults[key], dict):
-                    event[key] = dict(defaults[key])
-            enrich(
+                    event[key] = shared if key == "context" and reuse else dict(defaults[key])
+            add_server_fields(
                 event,
                 kind,
                 source=source,
                 received=received,
-                ip=ip,
                 sent_at=defaults.get("sentAt"),
-                violations=violations,
                 received_text=parsed.received_at,
             )
-            if enrichment is not None:
-                enriched = enrichment(event)
-                if enriched is None:
-                    parsed.dropped += 1
-                    continue
-                event = enriched
+            if not reuse:
+                event["context"] = server_context(event.get("context"), ip, violations)
+                if enrichment is not None:
+                    enriched = enrichment(event)
+                    if enriched is None:
+                        parsed.dropped += 1
+                        shared = _DROPPED if inherits else shared
+                        continue
+                    event = enriched
             try:
                 payload = orjson.dumps(event)
             except orjson.JSONEncodeError as exc:  # not expected after parse_json; never a 500
@@ -387,6 +402,8 @@ def accept(
                     "event_too_large",
                     f"event is {len(payload)} bytes; the limit is {MAX_EVENT_BYTES}",
                 )
+            if inherits and shared is None:
+                shared = orjson.Fragment(orjson.dumps(event["context"]))
         except _Invalid as exc:
             parsed.rejected.append(Rejection(index, exc.code, exc.message, item, exc.violations))
             continue
@@ -396,6 +413,7 @@ def accept(
 
 
 _RECORD_TYPES = tuple(t.value for t in RecordType)
+_DROPPED = object()
 
 
 def _without_secrets(payload: Any) -> Any:

@@ -96,6 +96,11 @@ class Enrichment:
         head = next((i for i, name in enumerate(names) if ":" in name), len(names))
         return cls(loaded, counters, head)
 
+    @property
+    def context_only(self) -> bool:
+        """Whether what it adds depends on the event's `context` alone (built-ins only)."""
+        return self.builtin_head == len(self.enrichers)
+
     def __call__(self, event: dict[str, Any]) -> dict[str, Any] | None:
         start = 0
         if self.builtin_head:
