@@ -220,7 +220,9 @@ def validate(raw: Any, record_type: str) -> dict[str, Any]:
     """Check the fields Segment requires for `record_type`; returns a copy to enrich."""
     if not isinstance(raw, dict):
         raise _Invalid("invalid_event", "each event must be a JSON object")
-    event: dict[str, Any] = dict(raw)
+    # The ids first: a stored event's JSON begins with its partition key (sinks read it there).
+    event: dict[str, Any] = {"userId": None, "anonymousId": None}
+    event.update(raw)
     has_id = False
     for key in ("userId", "anonymousId"):
         value = event.get(key)

@@ -10,8 +10,9 @@ import pytest
 
 from actors.consumer import Consumer
 from core.config import SinkSpec
+from ingress import events
 from sinks.base import Batch
-from sinks.webhook import WebhookSink
+from sinks.webhook import WebhookSink, lanes_of
 from tests.receiver import Receiver
 
 POST_EVENTS = 100
@@ -115,3 +116,32 @@ def test_lanes_post_at_once_and_keep_each_users_order() -> None:
     assert len(per_user) == 3
     assert all(seqs == sorted(seqs) for seqs in per_user.values())
     assert receiver.requests == 60
+
+
+def test_a_users_events_share_a_lane_however_their_json_was_written() -> None:
+    """Events the ingress stored (keys first, ids nested in properties too), anonymous
+    ones, and records of other shapes (dead letters) searched for their key."""
+    sent = []
+    for i in range(600):
+        user = f"user-{i % 50}"
+        if i % 3 == 0:
+            item = {"type": "track", "event": "E", "properties": {"userId": "x"}, "userId": user}
+        elif i % 3 == 1:
+            item = {"type": "track", "event": "E", "anonymousId": user, "properties": {"i": i}}
+        else:
+            item = {"reason": "refused", "payload": {"userId": user}}
+        sent.append((user, item))
+    stored = [
+        events.accept([item], record_type="track", source="web", ip=None).by_type["track"][0]
+        if "type" in item
+        else orjson.dumps(item)
+        for _, item in sent
+    ]
+    column = Batch.of("log1", "track", 0, stored).events.column(0)
+    lanes = lanes_of(column, 4)
+    by_user: dict[str, set[int]] = {}
+    for (user, _), lane in zip(sent, lanes, strict=True):
+        by_user.setdefault(user, set()).add(int(lane))
+    assert all(len(lane) == 1 for lane in by_user.values())
+    assert len(set(lanes.tolist())) == 4  # 50 users spread over every lane
+    assert (lanes_of(column.slice(100, 200), 4) == lanes[100:300]).all()
