@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -57,12 +58,12 @@ def offsets_of(events: pa.Array) -> np.ndarray:
     return offsets[events.offset : events.offset + len(events) + 1]
 
 
-def joined(events: pa.Array, separator: bytes) -> bytes:
-    """The payloads of a `large_binary` column with `separator` (one byte) between them:
-    one numpy pass over its buffer, with no Python object per event."""
-    offsets = offsets_of(events)
-    data = np.frombuffer(events.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    return bytes(np.insert(data, offsets[1:-1] - offsets[0], separator[0]).tobytes())
+def joined(events: pa.Array, separator: bytes) -> memoryview:
+    """The payloads of a `large_binary` column with `separator` between them, joined by
+    Arrow in one pass (no Python object per event; faster than numpy's insert too)."""
+    lists = pa.LargeListArray.from_arrays(pa.array([0, len(events)], pa.int64()), events)
+    one = pc.binary_join(lists, pa.scalar(separator, pa.large_binary()))
+    return memoryview(one[0].as_buffer())
 
 
 @dataclass(frozen=True)

@@ -234,7 +234,7 @@ class Decoded:
     """A batch's events, from its payloads one per line: the columns' fields (one typed
     pass), and what the enrichers put in their `context`s."""
 
-    def __init__(self, lines: bytes, count: int) -> None:
+    def __init__(self, lines: bytes | memoryview, count: int) -> None:
         # Lines, not a JSON array: msgspec decodes them faster, and a batch's column
         # joins into them without a Python object per event (`sinks.base.joined`).
         self.events = _LINES.decode_lines(lines)
