@@ -11,7 +11,11 @@ of 500 in `sluice bench`).
 
 The events are split into `post_lanes` (4) lanes by partition key (userId, else
 anonymousId, else messageId). Lanes POST at the same time, each in log order, so a
-receiver sees each user's events in order while several POSTs are in flight.
+receiver sees each user's events in order while several POSTs are in flight. That is
+for a receiver that makes a POST wait on the network: one answering within
+`_FAST_POST_S` (on average) gets the batch's POSTs one after another, in log order,
+from the consumer's own thread, since lane threads handing the interpreter lock to each
+other cost more CPU than the POSTs (twice as much with a receiver on loopback).
 
 A POST answered 5xx, 408 or 429 (after its `Retry-After`), or lost to a connection error
 or timeout, is sent again with exponential backoff and jitter; still failing after
@@ -36,6 +40,7 @@ from core.config import SinkSpec
 from sinks.base import Batch, Delivered, Rejected, joined, offsets_of
 
 _RETRYABLE = frozenset({408, 429})
+_FAST_POST_S = 0.005
 
 
 class WebhookError(RuntimeError):
@@ -128,51 +133,72 @@ class WebhookSink:
         self.url = spec.uri.removeprefix("webhook+")
         headers = {"Content-Type": "application/json", "User-Agent": "sluice-webhook"}
         headers.update(dict(spec.headers))
-        limits = httpx.Limits(
-            max_connections=spec.post_lanes, max_keepalive_connections=spec.post_lanes
-        )
-        self.client = httpx.Client(headers=headers, timeout=spec.timeout_s, limits=limits)
+        # A client (and connection) per lane: lanes sharing one pool wait on its lock.
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        self.clients = [
+            httpx.Client(headers=headers, timeout=spec.timeout_s, limits=limits)
+            for _ in range(spec.post_lanes)
+        ]
         self.lanes = ThreadPoolExecutor(spec.post_lanes, thread_name_prefix="webhook")
         # Then the producer takes over, batch by batch; sooner for a sink that may drop.
         self.give_up_after_s = 10.0 if spec.critical else 2.0
         self.backoff_base_s = 0.2
         self.backoff_cap_s = 10.0
         self.retries = 0
+        self.post_s = 0.0  # how long a POST takes, on average of the last few
 
     def write(self, batch: Batch) -> Delivered:
-        """POST the batch's events, lane by lane at once; each lane (a share of the users)
-        in order."""
+        """POST the batch's events, lane by lane at once (each lane a share of the users,
+        in order), or in log order when the receiver is fast."""
         events = batch.events.column(0)
-        lane_ids = lanes_of(events, self.spec.post_lanes)
-        lanes = [np.flatnonzero(lane_ids == lane) for lane in range(self.spec.post_lanes)]
-        work = [(events if len(idx) == len(events) else events.take(idx), idx) for idx in lanes]
-        results = list(self.lanes.map(self._send_lane, [w for w in work if len(w[1])]))
+        if self.spec.post_lanes == 1 or self.post_s < _FAST_POST_S:
+            lanes = [self._bodies(events, np.arange(len(events)))]
+            results = [self._send_lane(self.clients[0], lanes[0])]
+        else:
+            lane_ids = lanes_of(events, self.spec.post_lanes)
+            indices = [np.flatnonzero(lane_ids == lane) for lane in range(self.spec.post_lanes)]
+            # Bodies made here, lanes only POST: Arrow and numpy let go of the interpreter
+            # lock in each call, and lanes taking it back from each other cost more than
+            # the work.
+            lanes = [self._bodies(events, idx) for idx in indices]
+            results = list(self.lanes.map(self._send_lane, self.clients, lanes))
         rejected = [r for lane_rejected, _ in results for r in lane_rejected]
         answers = sorted({answer for _, lane_answers in results for answer in lane_answers})
         return Delivered(
             sorted(rejected, key=lambda r: r.index), [f"{self.url}: {', '.join(answers)}"]
         )
 
-    def _send_lane(self, work: tuple[pa.Array, np.ndarray]) -> tuple[list[Rejected], set[str]]:
-        events, indices = work
+    def _bodies(self, events: pa.Array, indices: np.ndarray) -> list[tuple[bytes, np.ndarray]]:
+        """The POST bodies of the events at `indices` (in that order), and their indices."""
+        if len(indices) < len(events):
+            events = events.take(indices)
+        return [
+            (body_of(events.slice(start, end - start)), indices[start:end])
+            for start, end in _posts(events, self.spec.post_events, self.spec.post_bytes)
+        ]
+
+    def _send_lane(
+        self, client: httpx.Client, posts: list[tuple[bytes, np.ndarray]]
+    ) -> tuple[list[Rejected], set[str]]:
         rejected: list[Rejected] = []
         answers: set[str] = set()
-        for start, end in _posts(events, self.spec.post_events, self.spec.post_bytes):
-            status, reason = self._post(body_of(events.slice(start, end - start)))
+        for body, indices in posts:
+            status, reason = self._post(client, body)
             answers.add(f"HTTP {status}")
             if reason:
-                rejected += [Rejected(int(i), reason) for i in indices[start:end]]
+                rejected += [Rejected(int(i), reason) for i in indices]
         return rejected, answers
 
-    def _post(self, body: bytes) -> tuple[int, str]:
+    def _post(self, client: httpx.Client, body: bytes) -> tuple[int, str]:
         """POST until accepted or refused for good: (status, reason if refused)."""
         started = time.monotonic()
         attempt = 0
         while True:
             wait_s: float | None = None
             try:
-                answer = self.client.post(self.url, content=body)
+                answer = client.post(self.url, content=body)
                 if answer.status_code < 300:
+                    self.post_s += 0.2 * (answer.elapsed.total_seconds() - self.post_s)
                     return answer.status_code, ""
                 if answer.status_code < 500 and answer.status_code not in _RETRYABLE:
                     text = answer.text[:300]
@@ -195,7 +221,8 @@ class WebhookSink:
 
     def close(self) -> None:
         self.lanes.shutdown()
-        self.client.close()
+        for client in self.clients:
+            client.close()
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -20,11 +20,17 @@ from tests.service import free_port
 
 class Receiver:
     """POST /hook takes `{"batch": [...]}`; `script` holds the answers to give first
-    (an int status, or "timeout" to sit on the request past the sender's timeout)."""
+    (an int status, or "timeout" to sit on the request past the sender's timeout);
+    `delay_s` is how long each answer takes, as a receiver across a network."""
 
-    def __init__(self, script: list[int | str] | None = None, hang_s: float = 3.0) -> None:
+    def __init__(
+        self, script: list[int | str] | None = None, hang_s: float = 3.0, delay_s: float = 0.0
+    ) -> None:
         self.script = list(script or [])
         self.hang_s = hang_s
+        self.delay_s = delay_s
+        self.in_flight = 0
+        self.most_in_flight = 0  # POSTs being answered at once
         self.events: list[dict[str, Any]] = []
         self.requests = 0
         self.headers: list[dict[str, str]] = []
@@ -37,6 +43,16 @@ class Receiver:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     async def hook(self, request: Request) -> Response:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: Request) -> Response:
         self.requests += 1
         self.headers.append(dict(request.headers))
         body = await request.body()

@@ -104,18 +104,32 @@ def test_filters_and_transform_apply_before_the_sink() -> None:
     assert "no u1 here" in delivered.rejected[0].reason
 
 
-def test_lanes_post_at_once_and_keep_each_users_order() -> None:
-    with Receiver() as receiver:
-        sink = WebhookSink(spec(receiver.url, post_lanes=4, post_events=10))
-        delivered = sink.write(batch(600))
-    assert delivered.rejected == []
-    assert sorted(receiver.ids()) == sorted(f"m{i}" for i in range(600))
+def _per_user_in_order(receiver: Receiver, users: int) -> None:
     per_user: dict[str, list[int]] = {}
     for event in receiver.events:
         per_user.setdefault(event["userId"], []).append(event["properties"]["seq"])
-    assert len(per_user) == 3
+    assert len(per_user) == users
     assert all(seqs == sorted(seqs) for seqs in per_user.values())
-    assert receiver.requests == 60
+
+
+def test_a_fast_receiver_gets_the_posts_one_after_another_in_log_order() -> None:
+    with Receiver() as receiver:
+        sink = WebhookSink(spec(receiver.url, post_lanes=4, post_events=10))
+        for start in (0, 600):
+            assert sink.write(batch(600, start)).rejected == []
+    assert receiver.ids() == [f"m{i}" for i in range(1200)]
+    assert receiver.requests == 120 and receiver.most_in_flight == 1
+    assert 0 < sink.post_s < 0.005
+
+
+def test_lanes_post_at_once_to_a_slow_receiver_and_keep_each_users_order() -> None:
+    with Receiver(delay_s=0.02) as receiver:
+        sink = WebhookSink(spec(receiver.url, post_lanes=4, post_events=10))
+        for start in (0, 120):  # the first batch shows the receiver is slow
+            assert sink.write(batch(120, start)).rejected == []
+    assert sorted(receiver.ids()) == sorted(f"m{i}" for i in range(240))
+    assert receiver.most_in_flight > 1  # lanes at once (three users, up to three lanes)
+    _per_user_in_order(receiver, 3)
 
 
 def test_a_users_events_share_a_lane_however_their_json_was_written() -> None:
