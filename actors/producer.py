@@ -328,7 +328,11 @@ class Producer:
                     end = self.log.cut(start, policy.max_events, policy.max_bytes)
                     self.log.record_batch(state.spec.sink_id, start, end)
                 batch = Batch.of(
-                    self.log.log_id, self.record_type, start, self.log.read(start, end)
+                    self.log.log_id,
+                    self.record_type,
+                    start,
+                    self.log.read(start, end),
+                    waited_s=time.monotonic() - self.log.appended_at(start),
                 )
                 state.dispatched = end
                 sent = self.recent.add(state.spec.uri, batch)

@@ -22,6 +22,8 @@ class Batch:
 
     `events` has one binary column, `event`: the enriched event as JSON, in log order.
     It travels through Ray's object store; the producer's log keeps the real copy.
+    `waited_s`: how long its first event had waited in the log when it was sent, which
+    grows when the sink falls behind.
     """
 
     log_id: str
@@ -29,6 +31,7 @@ class Batch:
     start: int
     end: int
     events: pa.RecordBatch
+    waited_s: float = 0.0
 
     @property
     def batch_id(self) -> str:
@@ -39,7 +42,14 @@ class Batch:
         return self.events.column(0).to_pylist()  # type: ignore[no-any-return]
 
     @classmethod
-    def of(cls, log_id: str, record_type: str, start: int, payloads: list[bytes]) -> Batch:
+    def of(
+        cls,
+        log_id: str,
+        record_type: str,
+        start: int,
+        payloads: list[bytes],
+        waited_s: float = 0.0,
+    ) -> Batch:
         # One joined buffer and its offsets: no Arrow conversion per payload.
         offsets = array.array("q", itertools.accumulate(map(len, payloads), initial=0))
         column = pa.Array.from_buffers(
@@ -48,7 +58,7 @@ class Batch:
             [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(payloads))],
         )
         events = pa.record_batch([column], names=["event"])
-        return cls(log_id, record_type, start, start + len(payloads), events)
+        return cls(log_id, record_type, start, start + len(payloads), events, waited_s)
 
 
 def offsets_of(events: pa.Array) -> np.ndarray:

@@ -12,11 +12,11 @@ of 500 in `sluice bench`).
 The events are split into `post_lanes` (4) lanes by partition key (userId, else
 anonymousId, else messageId). Lanes POST at the same time, each in log order, so a
 receiver sees each user's events in order while several POSTs are in flight. That is
-for a sink that cannot keep up otherwise: while the consumer is busy less than
-`_LANES_FROM` of its time, it POSTs a batch one POST after another, in log order, from
-its own thread, since lane threads handing the interpreter lock to each other cost more
-CPU than the POSTs (twice as much with a receiver on loopback). Busy past that, lanes go
-at once, until it is busy less than `_LANES_UNTIL` of its time.
+for a sink falling behind, one whose batch had waited in the log more than twice its
+`max_age_s` (and a second) when it was sent; a sink keeping up POSTs a batch one POST
+after another, in log order, from the consumer's own thread, since lane threads handing
+the interpreter lock to each other cost more CPU than the POSTs (twice as much with a
+receiver on loopback).
 
 A POST answered 5xx, 408 or 429 (after its `Retry-After`), or lost to a connection error
 or timeout, is sent again with exponential backoff and jitter; still failing after
@@ -41,8 +41,6 @@ from core.config import SinkSpec
 from sinks.base import Batch, Delivered, Rejected, joined, offsets_of
 
 _RETRYABLE = frozenset({408, 429})
-_LANES_FROM = 0.8
-_LANES_UNTIL = 0.2
 
 
 class WebhookError(RuntimeError):
@@ -147,22 +145,14 @@ class WebhookSink:
         self.backoff_base_s = 0.2
         self.backoff_cap_s = 10.0
         self.retries = 0
-        self.at_once = False  # lanes POST at once
-        self.busy_s = 0.0  # how long a write takes, on average of the last few
-        self.idle_s: float | None = None  # and the time between two writes
-        self._ended = 0.0
+        # A batch that waited longer was sent by a producer whose sink falls behind.
+        self.behind_s = 1.0 + 2 * spec.policy.max_age_s
 
     def write(self, batch: Batch) -> Delivered:
-        """POST the batch's events: lane by lane at once (each lane a share of the users,
-        in order), or in log order while the sink keeps up that way."""
-        started = time.monotonic()
-        try:
-            return self._write(batch.events.column(0))
-        finally:
-            self._busy(started, time.monotonic())
-
-    def _write(self, events: pa.Array) -> Delivered:
-        if self.spec.post_lanes == 1 or not self.at_once:
+        """POST the batch's events: in log order while the sink keeps up, else lane by
+        lane at once (each lane a share of the users, in order)."""
+        events = batch.events.column(0)
+        if self.spec.post_lanes == 1 or batch.waited_s <= self.behind_s:
             lanes = [self._bodies(events, np.arange(len(events)))]
             results = [self._send_lane(self.clients[0], lanes[0])]
         else:
@@ -178,18 +168,6 @@ class WebhookSink:
         return Delivered(
             sorted(rejected, key=lambda r: r.index), [f"{self.url}: {', '.join(answers)}"]
         )
-
-    def _busy(self, started: float, ended: float) -> None:
-        """Count a write's time and the idle time before it; lanes at once or not."""
-        self.busy_s += 0.3 * (ended - started - self.busy_s)
-        if self._ended:  # not the first write
-            idle_s = started - self._ended
-            self.idle_s = (
-                idle_s if self.idle_s is None else self.idle_s + 0.3 * (idle_s - self.idle_s)
-            )
-            busy = self.busy_s / max(self.busy_s + self.idle_s, 1e-9)
-            self.at_once = busy > _LANES_FROM if not self.at_once else busy > _LANES_UNTIL
-        self._ended = ended
 
     def _bodies(self, events: pa.Array, indices: np.ndarray) -> list[tuple[bytes, np.ndarray]]:
         """The POST bodies of the events at `indices` (in that order), and their indices."""

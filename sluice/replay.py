@@ -16,6 +16,7 @@ selection is read in the same order every time (files by path, rows as stored).
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -239,7 +240,8 @@ class Replay:
             size = max(1, min(size, int(self.options.rate)))
         started, sent = time.monotonic(), 0
         for chunk in _chunks(self.archive.events(self.delivered), size):
-            batch = Batch.of(self.log_id, "replay", self.delivered, chunk)
+            # An archive is all backlog: sinks send it as fast as they can.
+            batch = Batch.of(self.log_id, "replay", self.delivered, chunk, waited_s=math.inf)
             self._write(batch)
             self.delivered += len(chunk)
             sent += len(chunk)
