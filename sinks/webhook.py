@@ -30,6 +30,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -153,8 +154,8 @@ class WebhookSink:
         lane at once (each lane a share of the users, in order)."""
         events = batch.events.column(0)
         if self.spec.post_lanes == 1 or batch.waited_s <= self.behind_s:
-            lanes = [self._bodies(events, np.arange(len(events)))]
-            results = [self._send_lane(self.clients[0], lanes[0])]
+            posts = self._bodies(events, np.arange(len(events)))
+            results = [self._send_lane(self.clients[0], posts)]
         else:
             lane_ids = lanes_of(events, self.spec.post_lanes)
             indices = [np.flatnonzero(lane_ids == lane) for lane in range(self.spec.post_lanes)]
@@ -162,7 +163,14 @@ class WebhookSink:
             # lock in each call, and lanes taking it back from each other cost more than
             # the work.
             lanes = [self._bodies(events, idx) for idx in indices]
-            results = list(self.lanes.map(self._send_lane, self.clients, lanes))
+            running = [
+                self.lanes.submit(self._send_lane, client, posts)
+                for client, posts in zip(self.clients, lanes, strict=True)
+            ]
+            # Every lane ends before the write does, failed or not: a lane still POSTing
+            # while the producer sends the batch again could reorder a user's events.
+            futures.wait(running)
+            results = [lane.result() for lane in running]
         rejected = [r for lane_rejected, _ in results for r in lane_rejected]
         answers = sorted({answer for _, lane_answers in results for answer in lane_answers})
         return Delivered(
