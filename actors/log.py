@@ -12,24 +12,33 @@ On disk (in `/dev/shm` by default) a log directory holds:
 
 The producer appends what it took from the replicas' segment files, in one `write` per
 call, with `fsync` when asked; a write that fails is rolled back whole. A segment is
-deleted once every sink has committed past it. The uncommitted records are also kept in
-memory, so dispatch never reads the files; they are read only when a log is reopened.
+deleted once every sink has committed past it. Memory holds only where each uncommitted
+record ends and when it came (16 bytes a record); a batch's events are read back from
+the segment files (in `/dev/shm`, a copy in memory), so the events are not held twice.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import mmap
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from core import segments
 
 _SEGMENT_SUFFIX = segments.SUFFIX
+_HEADER = segments.HEADER.size
+#: Segment files are mapped to read batches back, their pages mapped at once, not one
+#: fault at a time.
+_MAP_FLAGS = mmap.MAP_SHARED | mmap.MAP_POPULATE
 
 
 class LogFull(Exception):
@@ -50,6 +59,7 @@ class _Segment:
     path: Path
     end: int  # one past its last record
     size: int
+    pos: int  # payload-byte position just before its first record (see `SegmentLog._pos`)
 
 
 class SegmentLog:
@@ -75,13 +85,13 @@ class SegmentLog:
         self.log_id = id_file.read_text().strip()
 
         self._segments: list[_Segment] = []
-        self._records: list[bytes] = []  # uncommitted records, from offset self._base
-        self._times: list[float] = []  # when each record was appended (monotonic)
-        self._base = 0
+        self._base = 0  # the oldest record held
         # Running payload-byte position after each held record (and before the first), so
-        # sizes of ranges are a subtraction and cuts a bisection, never a walk.
-        self._ends: list[int] = []
+        # sizes of ranges are a subtraction, cuts a bisection, and a record's place in its
+        # segment file a sum, never a walk.
+        self._ends = array("q")
         self._base_pos = 0
+        self._times = array("d")  # when each held record was appended (monotonic)
         self._fd: int | None = None
         self.cursors: dict[str, Cursor] = {}
         self._batch_lines: dict[str, int] = {}
@@ -92,7 +102,7 @@ class SegmentLog:
     @property
     def end(self) -> int:
         """One past the newest offset."""
-        return self._base + len(self._records)
+        return self._base + len(self._ends)
 
     @property
     def start(self) -> int:
@@ -105,11 +115,54 @@ class SegmentLog:
 
     def read(self, start: int, end: int) -> list[bytes]:
         """Payloads of `[start, end)`; the range must still be held."""
+        data, offsets = self.read_joined(start, end)
+        bounds = offsets.tolist()
+        return [data[a:b].tobytes() for a, b in itertools.pairwise(bounds)]
+
+    def read_joined(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Payloads of `[start, end)` side by side, and where each starts (and the last
+        ends): copied off their frames straight from the mapped segment files, one copy
+        per payload and no other."""
         if start < self._base or end > self.end:
             raise IndexError(
                 f"range [{start}, {end}) not held; log holds [{self._base}, {self.end})"
             )
-        return self._records[start - self._base : end - self._base]
+        positions = array("q", [self._pos(start)])
+        positions += self._ends[start - self._base : end - self._base]
+        pos = np.frombuffer(positions, dtype=np.int64)
+        offsets = pos - pos[0]
+        out = np.empty(int(offsets[-1]), dtype=np.uint8)
+        target = out.data
+        at = start
+        for segment in self._segments:
+            if at >= end or segment.base > at:
+                break
+            if segment.end <= at:
+                continue
+            stop = min(end, segment.end)
+            i, j = at - start, stop - start
+            # A record's frame starts after its segment's earlier payloads and headers.
+            last = int(pos[j]) - segment.pos + _HEADER * (stop - segment.base)
+            sources = (
+                pos[i:j]
+                - segment.pos
+                + _HEADER * np.arange(at - segment.base + 1, stop - segment.base + 1)
+            )
+            with (
+                open(segment.path, "rb") as f,
+                mmap.mmap(f.fileno(), last, flags=_MAP_FLAGS, prot=mmap.PROT_READ) as mapped,
+            ):
+                source = memoryview(mapped)
+                try:
+                    bounds = offsets[i : j + 1].tolist()
+                    for s, a, b in zip(sources.tolist(), bounds, bounds[1:], strict=False):
+                        target[a:b] = source[s : s + b - a]
+                finally:
+                    source.release()
+            at = stop
+        if at < end:
+            raise IndexError(f"records [{at}, {end}) are in no segment of {self.directory}")
+        return out, offsets
 
     def appended_at(self, offset: int) -> float:
         """Monotonic time the record at `offset` was appended (or reopened)."""
@@ -131,11 +184,11 @@ class SegmentLog:
 
     # -- writing -------------------------------------------------------------------
 
-    def append_records(self, payloads: list[bytes], data: bytes) -> int:
-        """Store records already framed (`data`, taken from replicas' files; `payloads`
-        are their events), whatever the fill: they were acknowledged. Returns the first
-        offset."""
-        return self._write(payloads, data)
+    def append_records(self, lengths: Sequence[int], data: bytes) -> int:
+        """Store records already framed (`data`, taken from replicas' files; `lengths`
+        are their events' sizes), whatever the fill: they were acknowledged. Returns the
+        first offset."""
+        return self._write(lengths, data)
 
     def append(self, payloads: list[bytes], *, force: bool = False) -> int:
         """Store `payloads` durably (as durable as the directory); returns the first offset.
@@ -144,19 +197,19 @@ class SegmentLog:
         (events already acknowledged elsewhere). A failed write (`OSError`, e.g. a full
         disk) is rolled back: the log holds all of `payloads` or none.
         """
-        size = sum(len(p) for p in payloads)
-        if not force and self.held_bytes + size > self.capacity_bytes and self._records:
+        lengths = [len(p) for p in payloads]
+        if not force and self.held_bytes + sum(lengths) > self.capacity_bytes and self._ends:
             raise LogFull(
                 f"log {self.directory} holds {self.held_bytes} bytes of uncommitted events "
                 f"(capacity {self.capacity_bytes})"
             )
-        return self._write(payloads, segments.encode(payloads, time.monotonic_ns()))
+        return self._write(lengths, segments.encode(payloads, time.monotonic_ns()))
 
-    def _write(self, payloads: list[bytes], data: bytes) -> int:
+    def _write(self, lengths: Sequence[int], data: bytes) -> int:
         first = self.end
         segment = self._segments[-1] if self._segments else None
         if segment is None or segment.size >= self.segment_bytes:
-            segment = self._open_segment(first)
+            segment = self._open_segment(first, self._pos(first))
         assert self._fd is not None
         try:
             written = os.write(self._fd, data)
@@ -168,14 +221,10 @@ class SegmentLog:
             os.ftruncate(self._fd, segment.size)  # back to the last whole record
             raise
         segment.size += len(data)
-        segment.end += len(payloads)
-        now = time.monotonic()
-        position = self._pos(first)
-        self._records.extend(payloads)
-        self._ends += itertools.islice(
-            itertools.accumulate(map(len, payloads), initial=position), 1, None
-        )
-        self._times.extend([now] * len(payloads))
+        segment.end += len(lengths)
+        ends = itertools.accumulate(lengths, initial=self._pos(first))
+        self._ends.extend(itertools.islice(ends, 1, None))
+        self._times.extend(itertools.repeat(time.monotonic(), len(lengths)))
         return first
 
     def commit(self, sink_id: str, offset: int) -> None:
@@ -228,12 +277,12 @@ class SegmentLog:
 
     # -- internals -----------------------------------------------------------------
 
-    def _open_segment(self, base: int) -> _Segment:
+    def _open_segment(self, base: int, position: int) -> _Segment:
         if self._fd is not None:
             os.close(self._fd)
         path = self.directory / f"{base:020d}{_SEGMENT_SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        segment = _Segment(base=base, path=path, end=base, size=0)
+        segment = _Segment(base=base, path=path, end=base, size=0, pos=position)
         self._segments.append(segment)
         return segment
 
@@ -246,9 +295,8 @@ class SegmentLog:
                 self._fd = None
             segment.path.unlink(missing_ok=True)
         drop = committed - self._base
-        if drop > 0 and (drop >= 4096 or drop == len(self._records)):
+        if drop > 0 and (drop >= 4096 or drop == len(self._ends)):
             self._base_pos = self._ends[drop - 1]
-            del self._records[:drop]
             del self._ends[:drop]
             del self._times[:drop]
             self._base = committed
@@ -258,33 +306,35 @@ class SegmentLog:
         for path in self.directory.glob("cursor.*"):
             stored[path.name.removeprefix("cursor.")] = int(path.read_text().strip() or 0)
         segments = sorted(self.directory.glob(f"*{_SEGMENT_SUFFIX}"))
-        records: list[bytes] = []
+        lengths: list[int] = []
         base = (segments and int(segments[0].name.removesuffix(_SEGMENT_SUFFIX))) or 0
         expected = base
+        position = 0
         for path in segments:
             seg_base = int(path.name.removesuffix(_SEGMENT_SUFFIX))
             if seg_base != expected:
                 raise RuntimeError(f"log {self.directory}: segment {path.name} leaves a gap")
-            payloads, valid_size = _read_segment(path)
+            sizes, valid_size = _read_segment(path)
             if valid_size < path.stat().st_size:
                 # A torn tail from a crash mid-write: it was never acknowledged.
                 os.truncate(path, valid_size)
-            records.extend(payloads)
-            self._segments.append(_Segment(seg_base, path, seg_base + len(payloads), valid_size))
-            expected = seg_base + len(payloads)
-        end = base + len(records)
+            lengths += sizes
+            self._segments.append(
+                _Segment(seg_base, path, seg_base + len(sizes), valid_size, position)
+            )
+            position += sum(sizes)
+            expected = seg_base + len(sizes)
+        end = base + len(lengths)
         # Offsets never go back, even when every segment was committed and deleted.
         end_floor = max([end, *stored.values()])
         for sink_id in sink_ids:
             # A sink new to this log starts at the oldest record still held.
             self.cursors[sink_id] = Cursor(sink_id, stored.get(sink_id, base))
-        if not records:
+        if not lengths:
             base = end_floor
         self._base = base
-        self._records = records
-        now = time.monotonic()
-        self._times = [now] * len(records)
-        self._ends = list(itertools.accumulate(len(r) for r in records))
+        self._times = array("d", itertools.repeat(time.monotonic(), len(lengths)))
+        self._ends = array("q", itertools.accumulate(lengths))
         if self._segments:
             last = self._segments[-1]
             self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)
@@ -293,9 +343,11 @@ class SegmentLog:
         self._trim()
 
 
-def _read_segment(path: Path) -> tuple[list[bytes], int]:
-    records, ends = segments.decode(path.read_bytes())
-    return [payload for _, payload in records], (ends[-1] if ends else 0)
+def _read_segment(path: Path) -> tuple[list[int], int]:
+    """The payload sizes of a segment's whole records, and where the last ends."""
+    _stamps, ends = segments.scan(path.read_bytes())
+    sizes = [b - a - _HEADER for a, b in itertools.pairwise([0, *ends])]
+    return sizes, (ends[-1] if ends else 0)
 
 
 def _write_atomic(path: Path, text: str) -> None:

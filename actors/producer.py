@@ -143,15 +143,15 @@ class Producer:
         """Move what the replicas wrote into the log; returns how many events."""
         taken = self.tail.take()
         self.pending_bytes = taken.pending_bytes
-        if taken.payloads:
+        if taken.lengths:
             # Already acknowledged: stored whatever the fill (replicas stop at capacity).
-            self.log.append_records(taken.payloads, taken.data)
-            self._stored(len(taken.payloads))
+            self.log.append_records(taken.lengths, taken.data)
+            self._stored(len(taken.lengths))
         # Saved when it moved; once a second anyway, to clear writers that died.
         tidy = self._tidy_due()
-        if taken.payloads or taken.positions != self.tail.positions or tidy:
+        if taken.lengths or taken.positions != self.tail.positions or tidy:
             self.tail.commit(taken.positions, tidy=tidy)
-        return len(taken.payloads)
+        return len(taken.lengths)
 
     def _tidy_due(self) -> bool:
         now = time.monotonic()
@@ -327,11 +327,11 @@ class Producer:
                 else:
                     end = self.log.cut(start, policy.max_events, policy.max_bytes)
                     self.log.record_batch(state.spec.sink_id, start, end)
-                batch = Batch.of(
+                batch = Batch.of_buffer(
                     self.log.log_id,
                     self.record_type,
                     start,
-                    self.log.read(start, end),
+                    *self.log.read_joined(start, end),
                     waited_s=time.monotonic() - self.log.appended_at(start),
                 )
                 state.dispatched = end

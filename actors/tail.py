@@ -15,6 +15,7 @@ bytes were never acknowledged.
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import os
 import shutil
@@ -41,8 +42,8 @@ class Position:
 class Taken:
     """The records of one `take`, and where each writer's next record starts."""
 
-    payloads: list[bytes]  # the events, merged in stamp order
-    data: bytes  # the same records, whole as written (see `core.segments`): one write
+    lengths: list[int]  # the sizes of the events, merged in stamp order
+    data: bytes  # the records, whole as written (see `core.segments`): one write
     positions: dict[str, Position]
     pending_bytes: int  # written by replicas, not taken yet (past the horizon or partial)
 
@@ -52,7 +53,7 @@ class _Run:
     """What one take found in one writer's files: its whole records up to the horizon."""
 
     stamps: list[int]
-    payloads: list[bytes]
+    lengths: list[int]
     #: Each file read: its bytes, its records' ends there, and the run's index of its
     #: first record.
     chunks: list[tuple[bytes, list[int], int]]
@@ -86,7 +87,7 @@ def _group_bytes(run: _Run, first: int, end: int) -> list[bytes]:
     return parts
 
 
-def _merged(runs: list[_Run]) -> tuple[list[bytes], bytes]:
+def _merged(runs: list[_Run]) -> tuple[list[int], bytes]:
     """The runs' records merged in stamp order (ties: writer order, then each writer's
     own), group commit by group commit: the records of one group share their stamp, so
     the merge and the bytes to write go by group, not by record."""
@@ -98,12 +99,12 @@ def _merged(runs: list[_Run]) -> tuple[list[bytes], bytes]:
             groups.append((stamps[first], order, first, end))
             first = end
     groups.sort()
-    payloads: list[bytes] = []
+    lengths: list[int] = []
     parts: list[bytes] = []
     for _stamp, order, first, end in groups:
-        payloads += runs[order].payloads[first:end]
+        lengths += runs[order].lengths[first:end]
         parts += _group_bytes(runs[order], first, end)
-    return payloads, b"".join(parts)
+    return lengths, b"".join(parts)
 
 
 class WriterTail:
@@ -136,7 +137,7 @@ class WriterTail:
         if len(runs) == 1:
             run = runs[0]
             data = b"".join(chunk[: ends[-1]] for chunk, ends, _ in run.chunks)
-            return Taken(run.payloads, data, positions, pending)
+            return Taken(run.lengths, data, positions, pending)
         return Taken(*_merged(runs), positions, pending)
 
     def _take_writer(self, writer: str, horizon: int) -> tuple[_Run, Position, int]:
@@ -164,9 +165,8 @@ class WriterTail:
                 del stamps[cut:], ends[cut:]
                 run.chunks.append((data, ends, len(run.stamps)))
                 run.stamps += stamps
-                run.payloads += [
-                    data[start + header : stop]
-                    for start, stop in zip([0, *ends[:-1]], ends, strict=True)
+                run.lengths += [
+                    stop - start - header for start, stop in itertools.pairwise([0, *ends])
                 ]
             used = ends[cut - 1] if cut else 0
             last = index == len(numbers) - 1

@@ -52,13 +52,26 @@ class Batch:
     ) -> Batch:
         # One joined buffer and its offsets: no Arrow conversion per payload.
         offsets = array.array("q", itertools.accumulate(map(len, payloads), initial=0))
+        return cls.of_buffer(log_id, record_type, start, b"".join(payloads), offsets, waited_s)
+
+    @classmethod
+    def of_buffer(
+        cls,
+        log_id: str,
+        record_type: str,
+        start: int,
+        data: bytes | np.ndarray,
+        offsets: np.ndarray | array.array[int],
+        waited_s: float = 0.0,
+    ) -> Batch:
+        """The batch of payloads lying side by side in `data`, payload `i` at
+        `data[offsets[i]:offsets[i + 1]]` (`offsets`: int64, one more than payloads)."""
+        count = len(offsets) - 1
         column = pa.Array.from_buffers(
-            pa.large_binary(),
-            len(payloads),
-            [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(payloads))],
+            pa.large_binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
         )
         events = pa.record_batch([column], names=["event"])
-        return cls(log_id, record_type, start, start + len(payloads), events, waited_s)
+        return cls(log_id, record_type, start, start + count, events, waited_s)
 
 
 def offsets_of(events: pa.Array) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -94,3 +95,24 @@ def test_reopened_log_remembers_uncommitted_batch_ranges(tmp_path: Path) -> None
     again = SegmentLog(tmp_path, ["s3"])
     # Re-sent as the same ranges, so their batch ids (and S3 keys) are the same.
     assert again.unfinished_batches("s3") == [(10, 25), (25, 30)]
+
+
+def test_ranges_are_read_back_from_the_files_across_segments(tmp_path: Path) -> None:
+    # Sizes vary so a record's place in its file depends on every record before it.
+    sent = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 37)) for i in range(5000)]
+    log = SegmentLog(tmp_path, ["a", "b"], segment_bytes=4096)
+    for at in range(0, 5000, 7):
+        log.append(sent[at : at + 7])
+    assert len(list(tmp_path.glob("*.seg"))) > 20
+    log.commit("a", 4500)
+    log.commit("b", 4321)  # frees whole segments before it; the one it is in stays
+    for start, end in ((4321, 4322), (4321, 5000), (4400, 4999), (4999, 5000)):
+        data, offsets = log.read_joined(start, end)
+        assert bytes(data) == b"".join(sent[start:end])
+        assert offsets.tolist() == [0, *itertools.accumulate(map(len, sent[start:end]))]
+    with pytest.raises(IndexError):
+        log.read(0, 10)  # committed by every sink: not held
+    log.append([b"after"])
+    log.close()
+    reopened = SegmentLog(tmp_path, ["a", "b"], segment_bytes=4096)
+    assert reopened.read(4321, 5001) == [*sent[4321:], b"after"]

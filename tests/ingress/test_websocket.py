@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from actors.tail import WriterTail
-from core import config
+from core import config, segments
 from core.model import DEADLETTER
 from ingress import websocket
 from ingress.app import build_app
@@ -69,8 +69,8 @@ class Server:
 
     def stored(self, log: str = "track") -> list[dict[str, Any]]:
         """Every event in `log`'s segment files, in the order the producer takes them."""
-        taken = WriterTail(self.root / log).take()
-        return [orjson.loads(payload) for payload in taken.payloads]
+        records, _ = segments.decode(WriterTail(self.root / log).take().data)
+        return [orjson.loads(payload) for _, payload in records]
 
 
 @pytest.fixture

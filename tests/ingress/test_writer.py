@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from actors.tail import WriterTail
+from actors.tail import Taken, WriterTail
 from core import segments
 from ingress.events import IngressError
 from ingress.writer import SegmentWriter
@@ -33,10 +33,17 @@ def payloads(tag: str, n: int) -> list[bytes]:
     return [orjson.dumps({"tag": tag, "n": i}) for i in range(n)]
 
 
+def events(taken: Taken) -> list[bytes]:
+    """The events of a take, from the records it hands the producer's log."""
+    records, _ = segments.decode(taken.data)
+    assert [len(payload) for _, payload in records] == taken.lengths
+    return [payload for _, payload in records]
+
+
 def taken(tail: WriterTail) -> list[bytes]:
     result = tail.take()
     tail.commit(result.positions)
-    return result.payloads
+    return events(result)
 
 
 def test_concurrent_requests_share_one_write_and_all_are_taken(tmp_path: Path) -> None:
@@ -85,12 +92,11 @@ def test_groups_of_two_writers_merge_by_stamp_with_the_bytes_to_write_in_that_or
         (writers / name / segments.segment_name(number)).write_bytes(data)
     result = WriterTail(tmp_path / "track").take(horizon_ns=10)
     expected = ["a1", "a2", "b1", "a3", "a4", "b2", "b3", "b4", "a5", "a6"]
-    assert [p.decode() for p in result.payloads] == expected
+    assert [p.decode() for p in events(result)] == expected
     records, _ = segments.decode(result.data)  # what the producer's log writes
-    assert [payload for _, payload in records] == result.payloads
     assert [stamp for stamp, _ in records] == [1, 1, 2, 3, 3, 3, 3, 4, 5, 5]
     # A horizon cuts between groups: what is stamped at or after it waits.
-    assert [p.decode() for p in WriterTail(tmp_path / "track").take(horizon_ns=3).payloads] == [
+    assert [p.decode() for p in events(WriterTail(tmp_path / "track").take(horizon_ns=3))] == [
         "a1",
         "a2",
         "b1",
@@ -193,7 +199,7 @@ def test_a_log_dir_that_fills_refuses_whole_requests_and_keeps_the_rest(
             refused += 1
     assert refused and acknowledged
     # Every acknowledged event is whole in the file, and nothing half-written follows.
-    assert WriterTail(tiny_tmpfs / "track").take().payloads == acknowledged
+    assert events(WriterTail(tiny_tmpfs / "track").take()) == acknowledged
     for f in (tiny_tmpfs / "track" / segments.WRITERS).glob("*/*.seg"):
         _, ends = segments.decode(f.read_bytes())
         assert not ends or ends[-1] == os.path.getsize(f)
