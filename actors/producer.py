@@ -374,6 +374,7 @@ class Producer:
                 )
                 await self._back_off(state, delay)
         sent.delivered, sent.delivered_at = delivered, time.time()
+        self.recent.trim()
         state.stats.values_rejected += delivered.values_rejected
         if delivered.rejected:
             await self._deadletter(batch, delivered.rejected, state)

@@ -46,7 +46,13 @@ def find(data: bytes, offsets: list[int], message_id: str) -> int | None:
 
 
 class RecentBatches:
-    """Sent batches, newest last, up to `limit_bytes` of events."""
+    """Sent batches, newest last: every batch in flight, and delivered ones up to
+    `limit_bytes` of events in all.
+
+    A batch in flight is held by its write anyway, so keeping it costs nothing; a
+    delivered batch larger than `limit_bytes` (a Parquet file's 100,000 events) is let go
+    once delivered, or every producer would hold its last one (tens of MiB each).
+    """
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
@@ -59,9 +65,20 @@ class RecentBatches:
             return entry
         self.entries.append(entry)
         self.bytes += batch.events.nbytes
-        while self.bytes > self.limit_bytes and len(self.entries) > 1:
-            self.bytes -= self.entries.popleft().batch.events.nbytes
+        self.trim()
         return entry
+
+    def trim(self) -> None:
+        """Forget delivered batches, oldest first, while past `limit_bytes`."""
+        if self.bytes <= self.limit_bytes:
+            return
+        kept: deque[SentBatch] = deque()
+        for entry in self.entries:
+            if self.bytes > self.limit_bytes and entry.delivered is not None:
+                self.bytes -= entry.batch.events.nbytes
+            else:
+                kept.append(entry)
+        self.entries = kept
 
     def steps(self, message_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The event (parsed) and one step per sink batch that holds it, newest first."""

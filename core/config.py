@@ -48,8 +48,12 @@ class BatchPolicy:
     def default_for(cls, scheme: str) -> BatchPolicy:
         """Kinesis and webhooks want low latency; object stores want large files."""
         if scheme.startswith("webhook"):
-            # In order per user: one batch at a time, as for Kinesis.
-            return cls(max_events=2000, max_bytes=4 * 1024 * 1024, max_age_s=1.0, max_in_flight=1)
+            # In order per user: one batch at a time, as for Kinesis. Large batches (each
+            # goes out as many POSTs) spread the work per batch; `max_age_s` keeps them
+            # prompt when few events come.
+            return cls(
+                max_events=20_000, max_bytes=16 * 1024 * 1024, max_age_s=1.0, max_in_flight=1
+            )
         if scheme == "kinesis":
             # One batch at a time: a failed batch retried after a later one landed
             # would put a user's events out of order in their shard.
