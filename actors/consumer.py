@@ -12,6 +12,7 @@ import itertools
 import logging
 from typing import Any
 
+import pyarrow as pa
 import ray
 
 from core.config import SinkSpec
@@ -32,12 +33,17 @@ class Consumer:
         self.written = 0
 
     def write(self, batch: Batch) -> Delivered:
-        if self.selector is None:
-            delivered = self.sink.write(batch)
-        else:
-            chosen, kept, failed = self.selector.select(batch)
-            written = self.sink.write(chosen) if kept else Delivered()
-            delivered = mapped_back(written, kept, failed, batch.end - batch.start)
+        try:
+            if self.selector is None:
+                delivered = self.sink.write(batch)
+            else:
+                chosen, kept, failed = self.selector.select(batch)
+                written = self.sink.write(chosen) if kept else Delivered()
+                delivered = mapped_back(written, kept, failed, batch.end - batch.start)
+        finally:
+            # Arrow's allocator keeps what a batch's columns and Parquet pages freed: a
+            # Parquet consumer held 150 MiB more for it. Giving it back costs microseconds.
+            pa.default_memory_pool().release_unused()
         self.written += batch.end - batch.start
         return delivered
 

@@ -28,6 +28,8 @@ class SinkAudit:
     #: In the tree but never acknowledged: requests cut off when the run ended.
     unacked_in_sink: int
     events_deadlettered: int
+    #: The first lost ids, to look for (in the sink's logs, in the acked files).
+    lost_ids: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,8 +84,12 @@ def compare(sink_ids: pa.Array, acked: pa.Array, deadlettered: int = 0) -> SinkA
     distinct = pc.unique(sink_ids)
     acked = pc.unique(acked)
     found = 0
+    lost_ids: tuple[str, ...] = ()
     if len(acked):
-        found = pc.sum(pc.is_in(acked, value_set=distinct)).as_py() or 0
+        present = pc.is_in(acked, value_set=distinct)
+        found = pc.sum(present).as_py() or 0
+        if found < len(acked):
+            lost_ids = tuple(acked.filter(pc.invert(present))[:20].to_pylist())
     return SinkAudit(
         events_in_sink=len(sink_ids),
         distinct_in_sink=len(distinct),
@@ -91,6 +97,7 @@ def compare(sink_ids: pa.Array, acked: pa.Array, deadlettered: int = 0) -> SinkA
         duplicates=len(sink_ids) - len(distinct),
         unacked_in_sink=len(distinct) - found,
         events_deadlettered=deadlettered,
+        lost_ids=lost_ids,
     )
 
 

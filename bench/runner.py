@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -68,6 +69,10 @@ class TargetRun:
     pss_peak_bytes: int | None = None
     cpu_cores: float | None = None
     exit_code: int | None = None
+    #: What the service counted as repeats (`sluice_duplicates_total`, scraped before it
+    #: stopped). The generator sends each messageId once, so these are de-duplication's
+    #: false positives: events answered 200 and not stored.
+    duplicates_dropped: int | None = None
 
 
 def run(options: BenchOptions) -> dict[str, Any]:
@@ -134,6 +139,7 @@ def _run_own_sluice(options: BenchOptions, work: Path) -> TargetRun:
         sampler = ProcessTreeSampler(server.pid, 1.0, pss=True).start()
         try:
             load = _load(options, server.url, key, work / "sluice" / "locust", "sluice")
+            dropped = _duplicates_dropped(server.url)
             _say(options, "stopping sluice serve (SIGTERM: it flushes every log to the sink)")
             exit_code = server.stop(STOP_TIMEOUT_S)
         finally:
@@ -152,6 +158,23 @@ def _run_own_sluice(options: BenchOptions, work: Path) -> TargetRun:
         pss_peak_bytes=sampler.peak("pss"),
         cpu_cores=sum(cores.values()) if cores else None,
         exit_code=exit_code,
+        duplicates_dropped=dropped,
+    )
+
+
+def _duplicates_dropped(url: str) -> int | None:
+    """`sluice_duplicates_total` summed over its labels, from the service's `/metrics`."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("sluice_duplicates_total")
+        )
     )
 
 
@@ -214,6 +237,8 @@ def build_report(
         "measured_s": _round(load.measured_s, 2),
         "unacked_in_sink": audit.unacked_in_sink if audit else None,
         "events_deadlettered": audit.events_deadlettered if audit else None,
+        "lost_ids": list(audit.lost_ids) if audit else None,
+        "duplicates_dropped_by_service": target.duplicates_dropped,
         "generator_cpu_cores": _round(load.generator_cpu_cores, 2),
         "generator_cpu_cores_per_process": [round(c, 2) for c in load.cpu_per_process],
         "generator_limited": load.generator_limited,
@@ -279,6 +304,12 @@ def _notes(target: TargetRun, baseline: LoadResult | None) -> list[str]:
         )
     if target.audit and target.audit.lost:
         notes.append(f"{target.audit.lost} events answered 2xx are not in the sink.")
+    if target.duplicates_dropped:
+        notes.append(
+            f"the service took {target.duplicates_dropped} events for repeats and did not "
+            "store them; this load sends each messageId once, so those are de-duplication's "
+            "false positives (README: Destinations, replay and duplicates)."
+        )
     return notes
 
 

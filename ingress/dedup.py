@@ -1,20 +1,21 @@
 """`SeenIds`: which `(source, messageId)` were stored within the last `dedup_window`.
 
-A Bloom filter per time slice, in files of the node's log directory that every replica
-maps into memory (`mmap`): replicas share what they saw without a message, and a
-restarted service finds it again. Slice `n` covers `[n * window, (n + 1) * window)`;
+A table of id fingerprints per time slice, in files of the node's log directory that
+every replica maps into memory (`mmap`): replicas share what they saw without a message,
+and a restarted service finds it again. Slice `n` covers `[n * window, (n + 1) * window)`;
 an id is looked up in the current and the previous slice and added to the current one,
 so a repeat within `window` seconds is always caught (and one up to twice that, maybe).
 
-The filter is blocked: an id's `K` bits all lie in one 64-byte block (a cache line), so
-a lookup costs one memory miss instead of `K` (the slices are tens of MiB; with bits
-spread over them, de-duplication cost a sixth of the batch throughput). Blocks fill
-unevenly, so a blocked filter needs more bits per id than a plain one for the same
-rate: `BITS_PER_ID` and `K` give `FP_RATE` at capacity. A false positive is an event
-answered 200 and not stored, so it is kept tiny. Past its capacity a slice takes no
-more ids (new ids then pass undetected: delivery stays at-least-once, and the rate
-never grows past `FP_RATE`). Two replicas setting bits of one block at once may lose
-some of them: a duplicate may then pass, never an event be dropped.
+Each id has a 64-bit fingerprint (odd, so never the empty slot's 0) and two buckets of
+`SLOTS` fingerprints, 64 bytes each (a cache line): a lookup reads two lines, and an
+id goes into the emptier of its buckets. A new id is taken for a repeat only when an
+id stored in one of the buckets it reads has the same 63 bits: `FP_RATE`, about 3e-18
+a lookup, so no event answered 200 is dropped in practice. (A Bloom filter, which
+Sluice used before, had to be sized against its false positives: 8e-9 at capacity,
+which a five-minute bench of 18 million events met once.) Past its capacity, or with
+both buckets full, a slice takes no more ids: new ids then pass unremembered, and a
+repeat of one is stored again (at-least-once, never a drop). Two replicas writing one
+empty slot at once may lose one of the two ids the same way.
 """
 
 from __future__ import annotations
@@ -32,91 +33,77 @@ import xxhash
 
 logger = logging.getLogger("sluice.ingress")
 
-#: At capacity, a blocked filter of 64 bits per id and 20 bits per id in 512-bit blocks
-#: answers "seen" for a new id with probability 8.2e-9 (the Poisson spread of ids over
-#: blocks, summed; 40 bits and 17 gave 7.1e-7, which a 5-minute bench past capacity
-#: showed as 3 events lost of 17 million).
-BITS_PER_ID = 64
-K = 20
-FP_RATE = 1e-8
-_BLOCK_BITS = 512
-_WORDS = _BLOCK_BITS // 64
-_HEADER = struct.Struct("<QQ")  # ids added, blocks
+#: Fingerprints per bucket: 8 x 8 bytes, one cache line.
+SLOTS = 8
+#: At capacity this share (percent) of the slots is taken. Two choices an id fill the
+#: buckets evenly: at capacity about 2 ids in 10,000 find both of theirs full (90% left
+#: 14 in 1,000 out, 75% 1 in 100,000).
+LOAD_PERCENT = 80
+#: A new id looked up in two slices, two buckets each: `SLOTS` fingerprints of 63 bits
+#: per bucket that could equal its own.
+FP_RATE = 2 * 2 * SLOTS * 2.0**-63
+_HEADER = struct.Struct("<QQ")  # ids added, buckets
 _HEADER_BYTES = 64
+_BUCKET_BYTES = SLOTS * 8
+_BUCKET = struct.Struct(f"<{SLOTS}Q")
+_SLOT = struct.Struct("<Q")
 #: Below this many ids a request is checked in Python; above it, with numpy.
 _VECTOR_FROM = 8
+_U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
-
-
-def _splitmix64(n: int) -> list[int]:
-    """`n` fixed pseudo-random odd 64-bit constants (SplitMix64 from seed 0)."""
-    out, state = [], 0
-    for _ in range(n):
-        state = (state + 0x9E3779B97F4A7C15) & _U64
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
-        out.append((z ^ (z >> 31)) | 1)
-    return out
-
-
-#: An id's bit `i` in its block is the top 9 bits of `h2 * _MULTIPLIERS[i]` (mod 2**64):
-#: multiply-shift hashing, one random odd constant per bit.
-_MULTIPLIERS = _splitmix64(K)
-_SHIFT = 64 - 9
-_NP_MULTIPLIERS = np.array(_MULTIPLIERS, dtype=np.uint64)[None, :]
+#: Rounds of placing a request's ids: ids that chose one bucket take turns, one a round.
+_ROUNDS = 4
 
 
 def _hashes(source: str, message_ids: list[str]) -> list[tuple[int, int]]:
-    """Each id's two 64-bit hashes: the first picks its block, the second its bits."""
+    """Each id's two 64-bit hashes: the first picks its buckets, the second is its
+    fingerprint."""
     # xxh3-128, seeded by the source: a third of blake2b's time per id, and as stable
     # across processes and restarts.
     digest, seed = xxhash.xxh3_128_intdigest, xxhash.xxh3_64_intdigest(source.encode())
-    return [((h := digest(m.encode(), seed)) & _U64, h >> 64) for m in message_ids]
+    return [((h := digest(m.encode(), seed)) & _U64, (h >> 64) | 1) for m in message_ids]
 
 
-def _mask(h2: int) -> int:
-    """An id's bits in its block, as a 512-bit int (bit `p` = byte `p // 8`, little end)."""
-    mask = 0
-    for m in _MULTIPLIERS:
-        mask |= 1 << (((h2 * m) & _U64) >> _SHIFT)
-    return mask
+def _buckets_needed(capacity: int) -> int:
+    return max(16, -(-capacity * 100 // (SLOTS * LOAD_PERCENT)))
 
 
 class Lookup:
-    """Where the ids of one request sit in the filter, and which of them it has seen.
+    """Where the ids of one request sit in the table, and which of them it has seen.
 
     Made once per request by `SeenIds.lookup`: `seen` for the answer, then
     `SeenIds.add` for the ids that were stored. A few ids are worked out in Python,
-    many with numpy (block numbers, and masks as `_WORDS` uint64 words per id).
+    many with numpy.
     """
 
-    def __init__(self, blocks: list[int] | np.ndarray, masks: list[int] | np.ndarray) -> None:
-        self.blocks = blocks
-        self.masks = masks
+    def __init__(
+        self,
+        first: list[int] | np.ndarray,
+        second: list[int] | np.ndarray,
+        fingerprints: list[int] | np.ndarray,
+    ) -> None:
+        self.first = first
+        self.second = second
+        self.fingerprints = fingerprints
         self.seen: list[bool] = []
 
 
-def _blocks_needed(capacity: int) -> int:
-    return max(1, -(-capacity * BITS_PER_ID // _BLOCK_BITS))
-
-
 class _Slice:
-    """One Bloom filter file, mapped into memory."""
+    """One fingerprint table file, mapped into memory."""
 
-    def __init__(self, path: Path, blocks: int) -> None:
+    def __init__(self, path: Path, buckets: int) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            size = _HEADER_BYTES + blocks * _BLOCK_BITS // 8
+            size = _HEADER_BYTES + buckets * _BUCKET_BYTES
             # Every page taken now (a no-op once done): a mapped page that a full tmpfs
             # cannot give later would kill the replica (SIGBUS) instead of failing here.
             os.posix_fallocate(fd, 0, size)
             self.map = mmap.mmap(fd, size)
         finally:
             os.close(fd)
-        self.blocks = blocks
+        self.buckets = buckets
         words = np.frombuffer(self.map, dtype="<u8", offset=_HEADER_BYTES)
-        self.words = words.reshape(blocks, _WORDS)
+        self.words = words.reshape(buckets, SLOTS)
         self.view = memoryview(self.map)[_HEADER_BYTES:]  # plain ints, for a few ids
 
     @property
@@ -124,15 +111,51 @@ class _Slice:
         return int(_HEADER.unpack_from(self.map, 0)[0])
 
     def count(self, amount: int) -> None:
-        _HEADER.pack_into(self.map, 0, self.added + amount, self.blocks)
+        _HEADER.pack_into(self.map, 0, self.added + amount, self.buckets)
 
-    def block(self, number: int) -> int:
-        start = number * (_BLOCK_BITS // 8)
-        return int.from_bytes(self.view[start : start + _BLOCK_BITS // 8], "little")
+    def bucket(self, number: int) -> tuple[int, ...]:
+        return _BUCKET.unpack_from(self.view, number * _BUCKET_BYTES)
 
-    def set_block(self, number: int, value: int) -> None:
-        start = number * (_BLOCK_BITS // 8)
-        self.view[start : start + _BLOCK_BITS // 8] = value.to_bytes(_BLOCK_BITS // 8, "little")
+    def put(self, number: int, slot: int, fingerprint: int) -> None:
+        _SLOT.pack_into(self.view, number * _BUCKET_BYTES + slot * 8, fingerprint)
+
+    def holds(self, first: int, second: int, fingerprint: int) -> bool:
+        return fingerprint in self.bucket(first) or fingerprint in self.bucket(second)
+
+    def add(self, first: int, second: int, fingerprint: int) -> bool:
+        """Put one fingerprint in the emptier of its buckets; False when both are full."""
+        one, other = self.bucket(first), self.bucket(second)
+        if fingerprint in one or fingerprint in other:
+            return True
+        if other.count(0) > one.count(0):
+            first, one = second, other
+        if 0 not in one:
+            return False
+        self.put(first, one.index(0), fingerprint)
+        return True
+
+    def add_many(self, first: np.ndarray, second: np.ndarray, fingerprints: np.ndarray) -> int:
+        """Put fingerprints in the emptier of their buckets, a few numpy calls a round;
+        ids that chose the same bucket in one round take turns. Returns how many went in."""
+        placed = 0
+        pending = np.arange(len(fingerprints))
+        for _ in range(_ROUNDS):
+            if not len(pending):
+                break
+            a, b = first[pending], second[pending]
+            rows_a, rows_b = self.words[a], self.words[b]
+            free_a, free_b = (rows_a == 0).sum(axis=1), (rows_b == 0).sum(axis=1)
+            use_a = free_a >= free_b
+            bucket = np.where(use_a, a, b)
+            rows = np.where(use_a[:, None], rows_a, rows_b)
+            room = np.maximum(free_a, free_b) > 0
+            pending, bucket, rows = pending[room], bucket[room], rows[room]
+            _, firsts = np.unique(bucket, return_index=True)
+            slots = np.argmax(rows[firsts] == 0, axis=1)
+            self.words[bucket[firsts], slots] = fingerprints[pending[firsts]]
+            placed += len(firsts)
+            pending = np.delete(pending, firsts)
+        return placed
 
     def close(self) -> None:
         del self.words
@@ -148,7 +171,7 @@ class SeenIds:
         self.directory = directory
         self.window_s = window_s
         self.capacity = capacity
-        self.blocks = _blocks_needed(capacity)
+        self.buckets = _buckets_needed(capacity)
         self.slices: dict[int, _Slice] = {}
         self.failed = False
         directory.mkdir(parents=True, exist_ok=True)
@@ -160,14 +183,14 @@ class SeenIds:
     @staticmethod
     def space_needed(capacity: int) -> int:
         """Bytes of the log directory two slices of `capacity` ids take."""
-        return 2 * (_HEADER_BYTES + _blocks_needed(capacity) * _BLOCK_BITS // 8)
+        return 2 * (_HEADER_BYTES + _buckets_needed(capacity) * _BUCKET_BYTES)
 
     def _slice(self, number: int) -> _Slice | None:
         """Slice `number`, or None when it cannot be made (no room): ids pass unchecked."""
         found = self.slices.get(number)
         if found is None:
             try:
-                found = _Slice(self.directory / self._name(number), self.blocks)
+                found = _Slice(self.directory / self._name(number), self.buckets)
             except OSError as exc:
                 if not self.failed:
                     logger.error("de-duplication off for now: cannot make a slice: %s", exc)
@@ -179,14 +202,18 @@ class SeenIds:
 
     def _name(self, number: int) -> str:
         # The layout is in the name: files of another layout or size (an older Sluice,
-        # another dedup_capacity) are never read as this one's, which would find ids in
-        # bits they do not own.
-        return f"{number}.{self.blocks}x{_BLOCK_BITS}.bloom"
+        # another dedup_capacity) are never read as this one's.
+        return f"{number}.{self.buckets}x{SLOTS}.seen"
 
     def _forget_before(self, number: int) -> None:
         for old in [n for n in self.slices if n < number]:
             self.slices.pop(old).close()
-        for path in self.directory.glob("*.bloom"):
+        for path in self.directory.iterdir():
+            if path.suffix == ".bloom":  # an older Sluice's Bloom filters
+                path.unlink(missing_ok=True)
+                continue
+            if path.suffix != ".seen":
+                continue
             slice_number = path.name.split(".", 1)[0]
             current = slice_number.isdigit() and path.name == self._name(int(slice_number))
             if not current or int(slice_number) < number:
@@ -196,20 +223,19 @@ class SeenIds:
     def lookup(self, source: str, message_ids: list[str]) -> Lookup:
         """Where `(source, id)` pairs sit, and whether each was added within the window."""
         hashes = _hashes(source, message_ids)
+        buckets = self.buckets
         if len(hashes) < _VECTOR_FROM:
-            found = Lookup([h1 % self.blocks for h1, _ in hashes], [_mask(h2) for _, h2 in hashes])
+            found = Lookup(
+                [(h1 & _U32) % buckets for h1, _ in hashes],
+                [(h1 >> 32) % buckets for h1, _ in hashes],
+                [fp for _, fp in hashes],
+            )
         else:
             h = np.array(hashes, dtype=np.uint64)
-            with np.errstate(over="ignore"):
-                positions = (h[:, 1:2] * _NP_MULTIPLIERS) >> np.uint64(_SHIFT)
-            # Each id's bits as one row of 512 booleans, packed into 8 words: a few numpy
-            # calls per request whatever its size.
-            marked = np.zeros(len(hashes) * _BLOCK_BITS, dtype=bool)
-            rows = np.arange(0, len(hashes) * _BLOCK_BITS, _BLOCK_BITS, dtype=np.uint64)
-            marked[(positions + rows[:, None]).ravel()] = True
             found = Lookup(
-                h[:, 0] % np.uint64(self.blocks),
-                np.packbits(marked.reshape(-1, _BLOCK_BITS), axis=1, bitorder="little").view("<u8"),
+                ((h[:, 0] & np.uint64(_U32)) % np.uint64(buckets)).astype(np.int64),
+                ((h[:, 0] >> np.uint64(32)) % np.uint64(buckets)).astype(np.int64),
+                h[:, 1],
             )
         found.seen = self._seen(found) if hashes else []
         return found
@@ -217,14 +243,16 @@ class SeenIds:
     def _seen(self, found: Lookup) -> list[bool]:
         now = int(time.time() // self.window_s)
         slices = [s for s in (self._slice(now), self._slice(now - 1)) if s is not None]
-        if isinstance(found.masks, list):
+        if isinstance(found.fingerprints, list):
             return [
-                any(s.block(block) & mask == mask for s in slices)
-                for block, mask in zip(found.blocks, found.masks, strict=True)
+                any(s.holds(a, b, fp) for s in slices)
+                for a, b, fp in zip(found.first, found.second, found.fingerprints, strict=True)
             ]
-        hit = np.zeros(len(found.masks), dtype=bool)
+        fps = found.fingerprints[:, None]
+        hit = np.zeros(len(fps), dtype=bool)
         for s in slices:
-            hit |= ((s.words[found.blocks] & found.masks) == found.masks).all(axis=1)
+            hit |= (s.words[found.first] == fps).any(axis=1)
+            hit |= (s.words[found.second] == fps).any(axis=1)
         return list(hit.tolist())
 
     def add(self, found: Lookup, stored: list[bool] | None = None) -> None:
@@ -233,20 +261,17 @@ class SeenIds:
         current = self._slice(int(time.time() // self.window_s))
         if current is None or current.added >= self.capacity:
             return  # full: see the module's docstring
-        if isinstance(found.masks, list):
-            pairs = list(zip(found.blocks, found.masks, strict=True))
+        if isinstance(found.fingerprints, list):
+            ids = list(zip(found.first, found.second, found.fingerprints, strict=True))
             if stored is not None:
-                pairs = [p for p, keep in zip(pairs, stored, strict=True) if keep]
-            for block, mask in pairs:
-                current.set_block(block, current.block(block) | mask)
-            current.count(len(pairs))
+                ids = [i for i, keep in zip(ids, stored, strict=True) if keep]
+            current.count(sum(current.add(*i) for i in ids))
             return
-        blocks, masks = found.blocks, found.masks
+        first, second, fps = np.asarray(found.first), np.asarray(found.second), found.fingerprints
         if stored is not None:
             keep = np.array(stored, dtype=bool)
-            blocks, masks = np.asarray(blocks)[keep], masks[keep]
-        np.bitwise_or.at(current.words, blocks, masks)
-        current.count(len(blocks))
+            first, second, fps = first[keep], second[keep], fps[keep]
+        current.count(current.add_many(first, second, fps))
 
     def close(self) -> None:
         for s in self.slices.values():
