@@ -115,12 +115,6 @@ class SegmentLog:
     def held_bytes(self) -> int:
         return self._pos(self.end) - self._base_pos
 
-    def read(self, start: int, end: int) -> list[bytes]:
-        """Payloads of `[start, end)`; the range must still be held."""
-        data, offsets = self.read_joined(start, end)
-        bounds = offsets.tolist()
-        return [data[a:b].tobytes() for a, b in itertools.pairwise(bounds)]
-
     def read_joined(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """Payloads of `[start, end)` side by side, and where each starts (and the last
         ends): their frames are read a few MiB at a time into a buffer kept for it, and
@@ -368,8 +362,7 @@ class SegmentLog:
 def _read_segment(path: Path) -> tuple[list[int], int]:
     """The payload sizes of a segment's whole records, and where the last ends."""
     _stamps, ends = segments.scan(path.read_bytes())
-    sizes = [b - a - _HEADER for a, b in itertools.pairwise([0, *ends])]
-    return sizes, (ends[-1] if ends else 0)
+    return segments.payload_sizes(ends), (ends[-1] if ends else 0)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -289,14 +289,14 @@ class Producer:
             return {**found, "event": event, "sinks": steps}
         # Stored, not in a batch yet: the part of the log no sink has been sent.
         start = max(self.log.start, min((s.dispatched for s in self.sinks.values()), default=0))
-        payloads = self.log.read(start, self.log.end) if start < self.log.end else []
-        offsets = [0]
-        for payload in payloads:
-            offsets.append(offsets[-1] + len(payload))
-        index = find(b"".join(payloads), offsets, message_id)
+        if start >= self.log.end:
+            return None
+        data, offsets = self.log.read_joined(start, self.log.end)
+        bounds = offsets.tolist()
+        index = find(data.tobytes(), bounds, message_id)
         if index is None:
             return None
-        event = orjson.loads(payloads[index])
+        event = orjson.loads(data[bounds[index] : bounds[index + 1]].tobytes())
         return {**found, "event": event, "offset": start + index, "sinks": []}
 
     # -- dispatch ------------------------------------------------------------------

@@ -15,7 +15,6 @@ bytes were never acknowledged.
 from __future__ import annotations
 
 import bisect
-import itertools
 import logging
 import os
 import shutil
@@ -146,7 +145,6 @@ class WriterTail:
         position = self.positions.get(writer) or Position(numbers[0] if numbers else 0, 0)
         run = _Run([], [], [])
         pending = 0
-        header = segments.HEADER.size
         for index, number in enumerate(numbers):
             if number < position.segment:
                 continue
@@ -165,9 +163,7 @@ class WriterTail:
                 del stamps[cut:], ends[cut:]
                 run.chunks.append((data, ends, len(run.stamps)))
                 run.stamps += stamps
-                run.lengths += [
-                    stop - start - header for start, stop in itertools.pairwise([0, *ends])
-                ]
+                run.lengths += segments.payload_sizes(ends)
             used = ends[cut - 1] if cut else 0
             last = index == len(numbers) - 1
             if cut < whole or (last and used < len(data)):

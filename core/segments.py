@@ -19,6 +19,7 @@ A log directory `{log_dir}/{log}/` (`log` is a record type or `_deadletter`) hol
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import zlib
@@ -62,6 +63,11 @@ def scan(data: bytes, start: int = 0) -> tuple[list[int], list[int]]:
         stamps.append(stamp)
         ends.append(pos)
     return stamps, ends
+
+
+def payload_sizes(ends: list[int], start: int = 0) -> list[int]:
+    """The payload size of each record, from `scan`'s end positions (records from `start`)."""
+    return [stop - begin - HEADER.size for begin, stop in itertools.pairwise([start, *ends])]
 
 
 def decode(data: bytes, start: int = 0) -> tuple[list[tuple[int, bytes]], list[int]]:
