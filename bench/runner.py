@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench import audit as audit_mod
 from bench.audit import SinkAudit
 from bench.generator import SCENARIOS, BenchError, LoadResult, run_locust
@@ -139,7 +141,7 @@ def _run_own_sluice(options: BenchOptions, work: Path) -> TargetRun:
         sampler = ProcessTreeSampler(server.pid, 1.0, pss=True).start()
         try:
             load = _load(options, server.url, key, work / "sluice" / "locust", "sluice")
-            dropped = _duplicates_dropped(server.url)
+            dropped = duplicates_counted(server.url)
             _say(options, "stopping sluice serve (SIGTERM: it flushes every log to the sink)")
             exit_code = server.stop(STOP_TIMEOUT_S)
         finally:
@@ -162,8 +164,9 @@ def _run_own_sluice(options: BenchOptions, work: Path) -> TargetRun:
     )
 
 
-def _duplicates_dropped(url: str) -> int | None:
-    """`sluice_duplicates_total` summed over its labels, from the service's `/metrics`."""
+def duplicates_counted(url: str) -> int | None:
+    """`sluice_duplicates_total` of the service at `url`, summed over its labels (None:
+    `/metrics` did not answer)."""
     try:
         with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
             text = response.read().decode()
@@ -171,9 +174,10 @@ def _duplicates_dropped(url: str) -> int | None:
         return None
     return int(
         sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("sluice_duplicates_total")
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "sluice_duplicates_total"
         )
     )
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.runner import duplicates_counted
 from tests.aws import read_parquet_tree, rows_when_landed
 from tests.receiver import Receiver
 from tests.service import Service
@@ -62,15 +63,6 @@ def wait_for(check: object, timeout_s: float = 60) -> None:
         time.sleep(0.3)
 
 
-def duplicates_counted(service: Service) -> float:
-    text = httpx.get(f"{service.url}/metrics").text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("sluice_duplicates_total")
-    )
-
-
 def test_webhook_gets_every_event_in_order_despite_failures_and_dedup_survives_a_restart(
     workdir: Path, receiver: Receiver
 ) -> None:
@@ -97,7 +89,7 @@ def test_webhook_gets_every_event_in_order_despite_failures_and_dedup_survives_a
             assert client.post("/v1/track", json=event).status_code == 200
             both = {"batch": [{**event, "type": "track"}, {**event, "type": "track"}]}
             assert client.post("/v1/batch", json=both).status_code == 200
-        wait_for(lambda: duplicates_counted(service) >= 3)
+        wait_for(lambda: (duplicates_counted(service.url) or 0) >= 3)
         assert service.stop() == 0, service.log_tail()
     finally:
         service.kill()
