@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from core import memory
 from core.config import SinkSpec
 from sinks import open_sink
 from sinks.base import Batch, Delivered
@@ -27,6 +28,7 @@ class Consumer:
     """Holds one open sink and writes the batches it is given."""
 
     def __init__(self, spec: SinkSpec) -> None:
+        memory.return_large_frees()
         self.spec = spec
         self.sink = open_sink(spec)
         self.selector = Selector.for_spec(spec)

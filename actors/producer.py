@@ -31,7 +31,7 @@ from actors.consumer import ConsumerPool
 from actors.log import SegmentLog
 from actors.tail import WriterTail
 from actors.trace import RecentBatches, SentBatch, find
-from core import segments
+from core import memory, segments
 from core.config import BatchPolicy, SinkSpec
 from sinks.base import Batch, Delivered, Rejected
 
@@ -90,6 +90,7 @@ class Producer:
         deadletter: str | None = None,
         trace_bytes: int = 0,
     ) -> None:
+        memory.return_large_frees()
         self.record_type = record_type
         self.log = SegmentLog(
             Path(log_dir),
@@ -283,7 +284,7 @@ class Producer:
 
     async def trace(self, message_id: str) -> dict[str, Any] | None:
         """Where the event `message_id` is, if this log had it lately (see actors/trace.py)."""
-        event, steps = self.recent.steps(message_id)
+        event, steps = await self.recent.steps(message_id)
         found: dict[str, Any] = {"log": self.log.log_id, "record_type": self.record_type}
         if event is not None:
             return {**found, "event": event, "sinks": steps}
@@ -335,28 +336,30 @@ class Producer:
                     waited_s=time.monotonic() - self.log.appended_at(start),
                 )
                 state.dispatched = end
-                sent = self.recent.add(state.spec.uri, batch)
-                task = asyncio.get_running_loop().create_task(self._deliver(state, batch, sent))
+                # The object store's copy is the only one outside the log: the producer
+                # keeps the reference (for its write and traces), not the batch.
+                sent = self.recent.add(state.spec.uri, batch, ray.put(batch))
+                del batch
+                task = asyncio.get_running_loop().create_task(self._deliver(state, sent))
                 task.add_done_callback(lambda _t: in_flight.release())
 
-    async def _deliver(self, state: _SinkState, batch: Batch, sent: SentBatch) -> None:
+    async def _deliver(self, state: _SinkState, sent: SentBatch) -> None:
         """Write one batch to its sink, retrying until it is in; then commit in order."""
-        ref = ray.put(batch)
         attempt = 0
         while True:
             if state.failing and self._may_drop(state):
                 # Down, and the log is filling: no attempt, so the log drains fast.
-                delivered = await self._drop(state, batch, RuntimeError(state.stats.last_error))
+                delivered = await self._drop(state, sent, RuntimeError(state.stats.last_error))
                 break
             try:
-                delivered = await state.pool.write(ref)
+                delivered = await state.pool.write(sent.ref)
                 state.failing = False
                 break
             except Exception as exc:  # any failure is retried: the log still holds the batch
                 state.failing = True
                 state.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
                 if self._may_drop(state):
-                    delivered = await self._drop(state, batch, exc)
+                    delivered = await self._drop(state, sent, exc)
                     break
                 attempt += 1
                 state.stats.retries += 1
@@ -367,7 +370,7 @@ class Producer:
                     "%s -> %s: batch %s failed (attempt %d), retrying in %.1fs: %s",
                     self.record_type,
                     state.spec.uri,
-                    batch.batch_id,
+                    sent.batch_id,
                     attempt,
                     delay,
                     state.stats.last_error,
@@ -377,9 +380,9 @@ class Producer:
         self.recent.trim()
         state.stats.values_rejected += delivered.values_rejected
         if delivered.rejected:
-            await self._deadletter(batch, delivered.rejected, state)
+            await self._deadletter(await sent.ref, delivered.rejected, state)
         state.stats.batches += 1
-        state.done[batch.start] = batch.end
+        state.done[sent.start] = sent.end
         self._commit(state)
 
     async def _back_off(self, state: _SinkState, delay: float) -> None:
@@ -394,12 +397,12 @@ class Producer:
         held = self.log.held_bytes + self.pending_bytes
         return not state.spec.critical and held >= self.log.capacity_bytes * _DROP_AT_FILL
 
-    async def _drop(self, state: _SinkState, batch: Batch, exc: Exception) -> Delivered:
+    async def _drop(self, state: _SinkState, sent: SentBatch, exc: Exception) -> Delivered:
         reason = (
             f"{state.spec.uri} is not critical and was behind while the log was full "
             f"({type(exc).__name__}: {exc}); dropped from this sink"
         )[:500]
-        count = batch.end - batch.start
+        count = sent.end - sent.start
         state.stats.dropped += count
         logger.warning("%s: %d events %s", self.record_type, count, reason)
         return Delivered([Rejected(i, reason) for i in range(count)])

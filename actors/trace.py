@@ -1,10 +1,12 @@
 """`RecentBatches`: the batches a producer sent lately and what each sink did with them,
 so `/v1/trace/{messageId}` can say where one event is.
 
-Nothing per event: a producer keeps a reference to each batch it dispatched (the Arrow
-buffer it built anyway) and, per sink, the outcome of its write, up to `limit_bytes` of
-batches. A lookup searches those buffers for the event's `"messageId":"..."` (a C-speed
-substring search, only when someone asks), newest first.
+Nothing per event: a producer keeps a reference to each batch it dispatched (the
+object it put in Ray's object store anyway, for its consumer: no copy of its own) and,
+per sink, the outcome of its write, up to `limit_bytes` of batches. A lookup reads those
+batches back (without a copy, from the node's object store) and searches them for the
+event's `"messageId":"..."` (a C-speed substring search, only when someone asks), newest
+first.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +26,16 @@ from sinks.base import Batch, Delivered
 
 @dataclass
 class SentBatch:
-    """One batch on its way to (or delivered by) one sink."""
+    """One batch on its way to (or delivered by) one sink: where it is in the log, and
+    `ref`, the batch itself (in Ray's object store, for the producer)."""
 
     sink_uri: str
-    batch: Batch
+    log_id: str
+    start: int
+    end: int
+    batch_id: str
+    nbytes: int
+    ref: Any
     sent_at: float = field(default_factory=time.time)
     attempts: int = 0
     last_error: str = ""
@@ -50,21 +59,30 @@ class RecentBatches:
     `limit_bytes` of events in all.
 
     A batch in flight is held by its write anyway, so keeping it costs nothing; a
-    delivered batch larger than `limit_bytes` (a Parquet file's 100,000 events) is let go
+    delivered batch larger than `limit_bytes` (a Parquet file's 16 MiB of events) is let go
     once delivered, or every producer would hold its last one (tens of MiB each).
+    `load` turns an entry's `ref` back into its `Batch` (awaiting a Ray object ref).
     """
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(
+        self, limit_bytes: int, load: Callable[[Any], Awaitable[Batch]] | None = None
+    ) -> None:
         self.limit_bytes = limit_bytes
+        self.load = load or _awaited
         self.entries: deque[SentBatch] = deque()
         self.bytes = 0
 
-    def add(self, sink_uri: str, batch: Batch) -> SentBatch:
-        entry = SentBatch(sink_uri, batch)
+    def add(self, sink_uri: str, batch: Batch, ref: Any) -> SentBatch:
+        """Keep `batch` (whose `ref` is held) on its way to `sink_uri`; `batch` itself is
+        not kept."""
+        nbytes = batch.events.nbytes
+        entry = SentBatch(
+            sink_uri, batch.log_id, batch.start, batch.end, batch.batch_id, nbytes, ref
+        )
         if self.limit_bytes <= 0:
             return entry
         self.entries.append(entry)
-        self.bytes += batch.events.nbytes
+        self.bytes += nbytes
         self.trim()
         return entry
 
@@ -75,21 +93,20 @@ class RecentBatches:
         kept: deque[SentBatch] = deque()
         for entry in self.entries:
             if self.bytes > self.limit_bytes and entry.delivered is not None:
-                self.bytes -= entry.batch.events.nbytes
+                self.bytes -= entry.nbytes
             else:
                 kept.append(entry)
         self.entries = kept
 
-    def steps(self, message_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    async def steps(self, message_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The event (parsed) and one step per sink batch that holds it, newest first."""
         event: dict[str, Any] | None = None
         steps: list[dict[str, Any]] = []
         searched: dict[int, tuple[bytes, list[int]]] = {}
-        for entry in reversed(self.entries):
-            batch = entry.batch
-            key = id(batch)
+        for entry in list(reversed(self.entries)):
+            key = id(entry.ref)
             if key not in searched:
-                column = batch.events.column(0)
+                column = (await self.load(entry.ref)).events.column(0)
                 offsets = column.buffers()[1]
                 start = column.offset
                 bounds = memoryview(offsets).cast("q")[start : start + len(column) + 1].tolist()
@@ -104,13 +121,17 @@ class RecentBatches:
         return event, steps
 
 
+async def _awaited(ref: Any) -> Batch:
+    batch: Batch = await ref
+    return batch
+
+
 def _step(entry: SentBatch, index: int, event: dict[str, Any]) -> dict[str, Any]:
-    batch = entry.batch
     step: dict[str, Any] = {
         "sink": entry.sink_uri,
-        "log": batch.log_id,
-        "offset": batch.start + index,
-        "batch": batch.batch_id,
+        "log": entry.log_id,
+        "offset": entry.start + index,
+        "batch": entry.batch_id,
         "sent_at": _iso(entry.sent_at),
     }
     delivered = entry.delivered

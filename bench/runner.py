@@ -69,6 +69,9 @@ class TargetRun:
     audit: SinkAudit | None = None
     rss_peak_bytes: int | None = None
     pss_peak_bytes: int | None = None
+    #: PSS when the load ended (the last sample before it): after the run's minutes of
+    #: load, before the flush at the stop.
+    pss_end_of_load_bytes: int | None = None
     cpu_cores: float | None = None
     exit_code: int | None = None
     #: What the service counted as repeats (`sluice_duplicates_total`, scraped before it
@@ -158,6 +161,7 @@ def _run_own_sluice(options: BenchOptions, work: Path) -> TargetRun:
         audit=audit_mod.audit(sink_dir, load.acked_dir),
         rss_peak_bytes=sampler.peak("rss"),
         pss_peak_bytes=sampler.peak("pss"),
+        pss_end_of_load_bytes=sampler.last_before("pss", load.started_at + load.measured_s),
         cpu_cores=sum(cores.values()) if cores else None,
         exit_code=exit_code,
         duplicates_dropped=dropped,
@@ -249,6 +253,7 @@ def build_report(
         "machine_cpu_cores_busy": _round(load.machine_cpu_cores, 2),
         "service_rss_peak_bytes": target.rss_peak_bytes,
         "service_pss_peak_bytes": target.pss_peak_bytes,
+        "service_pss_end_of_load_bytes": target.pss_end_of_load_bytes,
         "service_cpu_cores": _round(target.cpu_cores, 2),
         "service_exit_code": target.exit_code,
         "baseline": _baseline_summary(baseline),
@@ -359,6 +364,12 @@ def summary(report: dict[str, Any]) -> str:
         f"generator: {report['generator_cpu_cores']} cores"
         + (" (generator-limited)" if report["generator_limited"] else ""),
     ]
+    at_end, peak = report.get("service_pss_end_of_load_bytes"), report.get("service_pss_peak_bytes")
+    if at_end and peak:
+        lines.append(
+            f"service memory (PSS): {at_end / 2**20:,.0f} MiB when the load ended, "
+            f"peak {peak / 2**20:,.0f} MiB (the flush at the stop included)"
+        )
     return "\n".join(lines + [f"note: {n}" for n in report["notes"]])
 
 

@@ -78,6 +78,13 @@ class ProcessTreeSampler:
         sums = [sum(getattr(s, figure).values()) for s in self.samples if getattr(s, figure)]
         return max(sums) if sums else None
 
+    def last_before(self, figure: str, moment: float) -> int | None:
+        """Sum over the tree of `rss` or `pss` in the last sample that has it taken at or
+        before `moment` (epoch seconds)."""
+        sums = [sum(getattr(s, figure).values()) for s in self.samples if s.at <= moment]
+        sums = [total for total in sums if total]
+        return sums[-1] if sums else None
+
     def _window(self, start: float, end: float) -> tuple[Sample, Sample] | None:
         inside = [s for s in self.samples if start - self.interval_s / 2 <= s.at <= end]
         if len(inside) < 2 or inside[-1].at - inside[0].at <= 0:

@@ -20,6 +20,7 @@ import uvicorn
 from ray import serve
 
 from actors.supervisor import NAMESPACE, producer_name
+from core import memory
 from core.config import Config
 from core.model import DEADLETTER, RecordType
 from ingress import websocket
@@ -47,6 +48,7 @@ class Ingress:
     """One replica: the ingress app over this replica's `SegmentWriter`, on its own server."""
 
     def __init__(self, config: Config) -> None:
+        memory.return_large_frees()
         node = ray.get_runtime_context().get_node_id()
         self.writer = SegmentWriter(
             config.node_log_path(node),

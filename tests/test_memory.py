@@ -1,0 +1,51 @@
+"""`core.memory`: large freed blocks go back to the system at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_a_freed_large_buffer_leaves_the_process() -> None:
+    # In a fresh interpreter: 16 MiB blocks made and freed in a thread (as a Ray actor's
+    # event loop runs), after a 32 MiB one that raised glibc's threshold, leave RSS where
+    # it was, instead of in the thread's heap arena.
+    script = textwrap.dedent(
+        """
+        import sys
+        import threading
+
+        import numpy as np
+
+        from core import memory
+
+        def rss():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * 4096
+
+        if sys.argv[1] == "on":
+            assert memory.return_large_frees()
+        big = np.ones(32 << 20, np.uint8)
+        del big  # glibc now maps only blocks of 32 MiB and more
+        before = rss()
+
+        def batches():
+            for _ in range(3):
+                held = [np.ones(16 << 20, np.uint8) for _ in range(2)]
+                del held
+
+        thread = threading.Thread(target=batches)
+        thread.start()
+        thread.join()
+        print(rss() - before)
+        """
+    )
+    grown = {}
+    for mode in ("off", "on"):
+        out = subprocess.run(
+            [sys.executable, "-c", script, mode], capture_output=True, text=True, check=True
+        )
+        grown[mode] = int(out.stdout)
+    assert grown["off"] >= 16 << 20, grown  # glibc kept freed blocks in the thread's arena
+    assert grown["on"] < 2 << 20, grown
