@@ -27,7 +27,7 @@ def test_sampler_sees_memory_and_cpu_of_descendants() -> None:
     assert (sampler.peak("rss") or 0) > 64 << 20, sampler.samples
     assert (sampler.peak("pss") or 0) > 32 << 20, sampler.samples
     assert sampler.last_before("pss", sampler.samples[0].at - 1) is None
-    assert (sampler.last_before("pss", sampler.samples[-1].at) or 0) <= sampler.peak("pss")
+    assert (sampler.last_before("pss", sampler.samples[-1].at) or 0) <= (sampler.peak("pss") or 0)
     first, last = sampler.samples[0].at, sampler.samples[-1].at
     cores = sampler.cpu_cores(first, last)
     # The spinning child, in cores (less on a busy machine).
