@@ -17,6 +17,7 @@ import ray
 
 from core import memory
 from core.config import SinkSpec
+from core.model import DEADLETTER
 from sinks import open_sink
 from sinks.base import Batch, Delivered
 from sinks.select import Selector, mapped_back
@@ -25,18 +26,24 @@ logger = logging.getLogger("sluice.consumer")
 
 
 class Consumer:
-    """Holds one open sink and writes the batches it is given."""
+    """Holds one open sink and writes the batches it is given; with `deadletters` (the
+    dead-letter sink under this one), the dead-letter log's batches go there."""
 
-    def __init__(self, spec: SinkSpec) -> None:
+    def __init__(self, spec: SinkSpec, deadletters: SinkSpec | None = None) -> None:
         memory.return_large_frees()
         self.spec = spec
         self.sink = open_sink(spec)
+        self.deadletters = open_sink(deadletters) if deadletters is not None else None
         self.selector = Selector.for_spec(spec)
         self.written = 0
 
     def write(self, batch: Batch) -> Delivered:
         try:
-            if self.selector is None:
+            if batch.record_type == DEADLETTER:
+                if self.deadletters is None:
+                    raise RuntimeError(f"{self.spec.uri}: this consumer has no dead-letter sink")
+                delivered = self.deadletters.write(batch)
+            elif self.selector is None:
                 delivered = self.sink.write(batch)
             else:
                 chosen, kept, failed = self.selector.select(batch)

@@ -1,6 +1,9 @@
 """`Supervisor`: creates and watches the producers (one per record type per node) and the
 consumer pools (one per sink), and drives a flush of everything on shutdown.
 
+Dead letters go under the first file or S3 sink, so that sink's consumers write them
+too: no pool of idle consumers (a Ray worker process each) waits for them.
+
 Producers and consumers are detached actors with names: they outlive a supervisor
 crash, and a restarted supervisor finds them again by name instead of making new ones.
 Ingress replicas never call the supervisor, so requests go on while it restarts.
@@ -19,7 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.consumer import Consumer
 from actors.producer import Producer
-from core.config import Config, SinkSpec
+from core.config import Config
 from core.model import DEADLETTER, RecordType
 from sinks.deadletter import deadletter_spec
 
@@ -70,25 +73,26 @@ class Supervisor:
         self.pools: dict[str, list[str]] = {}
         self.consumers: list[Any] = []
         self.producers: dict[tuple[str, str], Any] = {}
-        for spec in self._all_sinks():
+        dl = config.deadletter_sink
+        for spec in config.sinks:
             names = [f"consumer:{spec.sink_id}:{i}" for i in range(spec.consumers)]
             self.pools[spec.sink_id] = names
+            letters = deadletter_spec(spec) if spec is dl else None
+            if letters is not None:
+                self.pools[letters.sink_id] = names
             self.consumers += [
                 _get_or_create(
                     Consumer,
                     name,
                     {"max_task_retries": 0, "scheduling_strategy": "SPREAD"},
                     spec,
+                    letters,
                 )
                 for name in names
             ]
         for node in alive_nodes():
             self._ensure_node(node)
         self._watch = asyncio.get_running_loop().create_task(self._watch_nodes())
-
-    def _all_sinks(self) -> list[SinkSpec]:
-        dl = self.config.deadletter_sink
-        return [*self.config.sinks, *([deadletter_spec(dl)] if dl else [])]
 
     def _ensure_node(self, node: str) -> None:
         """Every producer of `node`, the dead letters' first."""
