@@ -28,7 +28,10 @@ class CorsPolicy:
         self._open = any(not origins for origins in self._by_source.values())
 
     def allows(self, origin: str, source: str | None = None) -> bool:
-        """Whether `origin` may send for `source` (for any source when None)."""
+        """Whether `origin` may send for `source` (for any source when None). An origin
+        that is not printable ASCII is no origin a browser sends, and is never echoed."""
+        if not _printable_ascii(origin):
+            return False
         origin = origin.lower()
         if source is None:
             return self._open or any(
@@ -52,9 +55,15 @@ class CorsPolicy:
             **self.headers(origin),
             "Access-Control-Allow-Methods": _METHODS,
             # SDKs may add headers of their own (analytics.js's `additionalHeaders`).
-            "Access-Control-Allow-Headers": requested_headers or _DEFAULT_HEADERS,
+            "Access-Control-Allow-Headers": (
+                requested_headers if _printable_ascii(requested_headers) else _DEFAULT_HEADERS
+            ),
             "Access-Control-Max-Age": str(MAX_AGE_S),
         }
+
+
+def _printable_ascii(text: str) -> bool:
+    return bool(text) and text.isascii() and text.isprintable()
 
 
 def _matches(origin: str, patterns: Iterable[str]) -> bool:

@@ -64,6 +64,15 @@ def _hashes(source: str, message_ids: list[str]) -> list[tuple[int, int]]:
     return [((h := digest(m.encode(), seed)) & _U64, (h >> 64) | 1) for m in message_ids]
 
 
+def _hash_arrays(source: str, message_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`_hashes` as two arrays, with no Python integer per id: the digests' bytes joined
+    and read by numpy (xxh3's canonical digest is big-endian, high 64 bits first)."""
+    digest, seed = xxhash.xxh3_128_digest, xxhash.xxh3_64_intdigest(source.encode())
+    joined = b"".join([digest(m.encode(), seed) for m in message_ids])
+    words = np.frombuffer(joined, dtype=">u8").reshape(-1, 2).astype(np.uint64)
+    return words[:, 1], words[:, 0] | np.uint64(1)
+
+
 def _buckets_needed(capacity: int) -> int:
     return max(16, -(-capacity * 100 // (SLOTS * LOAD_PERCENT)))
 
@@ -222,22 +231,22 @@ class SeenIds:
 
     def lookup(self, source: str, message_ids: list[str]) -> Lookup:
         """Where `(source, id)` pairs sit, and whether each was added within the window."""
-        hashes = _hashes(source, message_ids)
         buckets = self.buckets
-        if len(hashes) < _VECTOR_FROM:
+        if len(message_ids) < _VECTOR_FROM:
+            hashes = _hashes(source, message_ids)
             found = Lookup(
                 [(h1 & _U32) % buckets for h1, _ in hashes],
                 [(h1 >> 32) % buckets for h1, _ in hashes],
                 [fp for _, fp in hashes],
             )
         else:
-            h = np.array(hashes, dtype=np.uint64)
+            low, fingerprints = _hash_arrays(source, message_ids)
             found = Lookup(
-                ((h[:, 0] & np.uint64(_U32)) % np.uint64(buckets)).astype(np.int64),
-                ((h[:, 0] >> np.uint64(32)) % np.uint64(buckets)).astype(np.int64),
-                h[:, 1],
+                ((low & np.uint64(_U32)) % np.uint64(buckets)).astype(np.int64),
+                ((low >> np.uint64(32)) % np.uint64(buckets)).astype(np.int64),
+                fingerprints,
             )
-        found.seen = self._seen(found) if hashes else []
+        found.seen = self._seen(found) if message_ids else []
         return found
 
     def _seen(self, found: Lookup) -> list[bool]:
@@ -248,12 +257,14 @@ class SeenIds:
                 any(s.holds(a, b, fp) for s in slices)
                 for a, b, fp in zip(found.first, found.second, found.fingerprints, strict=True)
             ]
-        fps = found.fingerprints[:, None]
-        hit = np.zeros(len(fps), dtype=bool)
+        # Both buckets of every id in one gather a slice.
+        rows = np.concatenate((found.first, found.second))
+        fps = np.concatenate((found.fingerprints, found.fingerprints))[:, None]
+        hit = np.zeros(len(rows), dtype=bool)
         for s in slices:
-            hit |= (s.words[found.first] == fps).any(axis=1)
-            hit |= (s.words[found.second] == fps).any(axis=1)
-        return list(hit.tolist())
+            hit |= (s.words[rows] == fps).any(axis=1)
+        count = len(found.fingerprints)
+        return list((hit[:count] | hit[count:]).tolist())
 
     def add(self, found: Lookup, stored: list[bool] | None = None) -> None:
         """Remember the ids of `found` that were stored just now (all, or where `stored`),

@@ -134,3 +134,25 @@ def test_admin_endpoints_get_no_cors_headers(ingress: Ingress) -> None:
     for path in ("/metrics", "/health"):
         answer = ingress.client.get(path, headers={"Origin": SITE})
         assert "access-control-allow-origin" not in answer.headers, path
+
+
+def test_an_origin_no_browser_sends_is_refused_and_never_echoed(ingress: Ingress) -> None:
+    # Found by test_hostile: an Origin of byte 0x80 was echoed in a header of the answer.
+    body = orjson.dumps({"writeKey": KEY, "userId": "u", "event": "e"})
+    for origin in (b"\x80", b"https://a.io\x7f"):
+        answer = ingress.client.post(
+            "/v1/t", content=body, headers={"Content-Type": "text/plain", "Origin": origin}
+        )
+        assert error(answer, 403)["code"] == "origin_not_allowed"
+        assert "access-control-allow-origin" not in answer.headers
+    preflight = ingress.client.options(
+        "/v1/t",
+        headers={
+            "Origin": SITE,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": b"x-\xff",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-headers"].startswith("Authorization")
+    assert ingress.store.events() == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ingress.dedup import FP_RATE, SeenIds
+from ingress.dedup import FP_RATE, SeenIds, _hash_arrays, _hashes
 
 
 def test_ids_are_seen_after_add_by_another_instance_and_per_source(tmp_path: Path) -> None:
@@ -21,6 +21,13 @@ def test_ids_are_seen_after_add_by_another_instance_and_per_source(tmp_path: Pat
     assert all(other.lookup("web", many).seen)
     assert other.lookup("ios", few).seen == [False, False]  # per source
     assert other.lookup("web", ["a", "new"]).seen == [True, False]
+
+
+def test_hashes_as_arrays_are_the_python_hashes() -> None:
+    # Tables written before the arrays came (and by the few-ids path) stay readable.
+    ids = [f"id-{i}" for i in range(500)] + ["", "é", "x" * 5000]
+    low, fingerprints = _hash_arrays("web", ids)
+    assert list(zip(low.tolist(), fingerprints.tolist(), strict=True)) == _hashes("web", ids)
 
 
 def test_few_and_many_ids_share_one_layout_and_only_stored_ids_are_added(
