@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from core import model
-from sinks.base import Batch, Delivered
+from sinks.base import Batch, Delivered, offsets_of
 
 
 @dataclass
@@ -102,16 +102,9 @@ class RecentBatches:
         """The event (parsed) and one step per sink batch that holds it, newest first."""
         event: dict[str, Any] | None = None
         steps: list[dict[str, Any]] = []
-        searched: dict[int, tuple[bytes, list[int]]] = {}
-        for entry in list(reversed(self.entries)):
-            key = id(entry.ref)
-            if key not in searched:
-                column = (await self.load(entry.ref)).events.column(0)
-                offsets = column.buffers()[1]
-                start = column.offset
-                bounds = memoryview(offsets).cast("q")[start : start + len(column) + 1].tolist()
-                searched[key] = (column.buffers()[2].to_pybytes(), bounds)
-            data, bounds = searched[key]
+        for entry in list(reversed(self.entries)):  # a copy: entries change while we wait
+            column = (await self.load(entry.ref)).events.column(0)
+            data, bounds = column.buffers()[2].to_pybytes(), offsets_of(column).tolist()
             index = find(data, bounds, message_id)
             if index is None:
                 continue
