@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, BrowserContext, Page
 
 from tests.aws import rows_when_landed
 from tests.service import WRITE_KEY, Service
@@ -68,8 +68,18 @@ def sluice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     svc.kill()
 
 
-def open_shop(browser: Browser, site: str, sluice: Service, how: str, key: str) -> Page:
-    page = open_page(browser, site)
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """The test's browser profile, open until the test ends: a page closed in it is a tab
+    closed in a browser that stays open. (A page of its own context would take the
+    context's network stack down with it, and the keepalive requests it left behind.)"""
+    context = browser.new_context()
+    yield context
+    context.close()
+
+
+def open_shop(context: BrowserContext, site: str, sluice: Service, how: str, key: str) -> Page:
+    page = open_page(context, site)
     api_host = page.evaluate(
         "([sluice, key, how]) => window.loadAnalytics(sluice, key, how)", [sluice.url, key, how]
     )
@@ -81,8 +91,8 @@ def landed(sluice: Service, ids: set[str], timeout_s: float = 30) -> dict[str, d
     return rows_when_landed(f"file://{sluice.workdir}/data", ids, timeout_s)
 
 
-def open_page(browser: Browser, site: str) -> Page:
-    page = browser.new_page()
+def open_page(context: BrowserContext, site: str) -> Page:
+    page = context.new_page()
     page.goto(f"{site}/index.html")
     return page
 
@@ -105,9 +115,9 @@ def send_three(page: Page, tag: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("how", ["api-host", "cdn", "cdn-batching"])
 def test_identify_track_and_page_land_with_their_types(
-    browser: Browser, site: str, sluice: Service, how: str
+    context: BrowserContext, site: str, sluice: Service, how: str
 ) -> None:
-    page = open_shop(browser, site, sluice, how, WRITE_KEY)
+    page = open_shop(context, site, sluice, how, WRITE_KEY)
     ids = send_three(page, how)
     if how == "cdn-batching":
         page.evaluate("() => analytics.track('Flush Now', {})")  # batches go by size or time
@@ -122,12 +132,14 @@ def test_identify_track_and_page_land_with_their_types(
 
 
 def test_a_page_closed_right_after_track_still_delivers_it(
-    browser: Browser, site: str, sluice: Service
+    context: BrowserContext, site: str, sluice: Service
 ) -> None:
-    page = open_shop(browser, site, sluice, "cdn-batching", WRITE_KEY)
+    page = open_shop(context, site, sluice, "cdn-batching", WRITE_KEY)
     message_id = f"unload-{uuid.uuid4().hex[:8]}"
-    # Not awaited: the page goes away while the event is still queued in the SDK.
-    page.evaluate("(id) => { analytics.track('Left Page', {}, {messageId: id}); }", message_id)
+    # track resolves once the event sits in the SDK's batch queue (sent after 60 s or 50
+    # events); the page goes away while it waits there, and pagehide must send it. Not
+    # awaiting would race the SDK's own plugin chain, which may not have queued it yet.
+    page.evaluate("(id) => analytics.track('Left Page', {}, {messageId: id})", message_id)
     page.close(run_before_unload=True)
     assert message_id in landed(sluice, {message_id})
 
@@ -144,18 +156,18 @@ FETCH = """async ([url, key, id]) => {
 
 
 def test_a_preflighted_cross_origin_post_reads_its_answer(
-    browser: Browser, site: str, sluice: Service
+    context: BrowserContext, site: str, sluice: Service
 ) -> None:
-    page = open_page(browser, site)
+    page = open_page(context, site)
     message_id = f"fetched-{uuid.uuid4().hex[:8]}"
     assert page.evaluate(FETCH, [sluice.url, WRITE_KEY, message_id]) == [200, True]
     assert message_id in landed(sluice, {message_id})
 
 
 def test_a_source_with_allowed_origins_refuses_another_origin(
-    browser: Browser, site: str, sluice: Service
+    context: BrowserContext, site: str, sluice: Service
 ) -> None:
-    page = open_page(browser, site)
+    page = open_page(context, site)
     message_id = f"refused-{uuid.uuid4().hex[:8]}"
     # Refused with a 403 that carries no CORS headers: the page may not even read it.
     assert page.evaluate(FETCH, [sluice.url, SHOP_KEY, message_id]) == "blocked"
