@@ -33,7 +33,8 @@ from actors.tail import WriterTail
 from actors.trace import RecentBatches, SentBatch, find
 from core import memory, segments
 from core.config import BatchPolicy, SinkSpec
-from sinks.base import Batch, Delivered, Rejected
+from core.model import DEADLETTER
+from sinks.base import Batch, Delivered, Rejected, arrow_allocates_with_malloc
 
 logger = logging.getLogger("sluice.producer")
 
@@ -88,9 +89,11 @@ class Producer:
         segment_bytes: int,
         fsync: bool,
         deadletter: str | None = None,
+        supervisor: str | None = None,
         trace_bytes: int = 0,
     ) -> None:
         memory.return_large_frees()
+        arrow_allocates_with_malloc()
         self.record_type = record_type
         self.log = SegmentLog(
             Path(log_dir),
@@ -102,6 +105,7 @@ class Producer:
         self.tail = WriterTail(Path(log_dir))
         self.namespace = namespace
         self.deadletter_name = deadletter  # the dead-letter producer's actor name, if any
+        self.supervisor_name = supervisor  # who starts it with the first dead letter
         self.accepted = 0
         self.pending_bytes = 0  # in the replicas' files, not taken yet
         self.loop_restarts = 0
@@ -440,8 +444,24 @@ class Producer:
         while True:
             try:
                 producer = ray.get_actor(self.deadletter_name, namespace=self.namespace)
+            except ValueError:  # the first dead letter on this node: ask for its producer
+                await self._start_deadletter_producer()
+                await asyncio.sleep(0.2)
+                continue
+            try:
                 await producer.append.remote(letters)
                 return
             except Exception as exc:  # the dead-letter log is full or restarting: wait
                 logger.warning("dead-letter append failed, retrying: %s", exc)
                 await asyncio.sleep(1.0)
+
+    async def _start_deadletter_producer(self) -> None:
+        try:
+            assert self.supervisor_name is not None, "no supervisor to start it"
+            supervisor = ray.get_actor(self.supervisor_name, namespace=self.namespace)
+            await supervisor.start_producer.remote(
+                ray.get_runtime_context().get_node_id(), DEADLETTER
+            )
+        except Exception as exc:  # the supervisor restarting: asked again
+            logger.warning("asking for the dead-letter producer failed: %s", exc)
+            await asyncio.sleep(1.0)

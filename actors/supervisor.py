@@ -2,7 +2,12 @@
 consumer pools (one per sink), and drives a flush of everything on shutdown.
 
 Dead letters go under the first file or S3 sink, so that sink's consumers write them
-too: no pool of idle consumers (a Ray worker process each) waits for them.
+too: no pool of idle consumers (a Ray worker process each) waits for them. A node's
+dead-letter producer starts with the first dead letter, not with the node: whoever
+writes one (a replica into its segment file, a producer for a sink's refusals) asks
+for it with `start_producer`, and a node whose log already holds dead letters (an
+earlier run's) gets it at once. Most runs never have one, and its idle process is a
+Ray worker of ~70 MiB.
 
 Producers and consumers are detached actors with names: they outlive a supervisor
 crash, and a restarted supervisor finds them again by name instead of making new ones.
@@ -95,11 +100,26 @@ class Supervisor:
         self._watch = asyncio.get_running_loop().create_task(self._watch_nodes())
 
     def _ensure_node(self, node: str) -> None:
-        """Every producer of `node`, the dead letters' first."""
-        if self.config.deadletter_sink:
-            self._ensure(node, DEADLETTER)
+        """Every producer of `node`; the dead letters' too if its log holds any, or if it
+        runs (found after a supervisor restart)."""
+        if self.config.deadletter_sink and (node, DEADLETTER) not in self.producers:
+            try:
+                self.producers[(node, DEADLETTER)] = ray.get_actor(
+                    producer_name(node, DEADLETTER), namespace=NAMESPACE
+                )
+            except ValueError:  # not running
+                if log_root_holds_events(self.config.node_log_path(node) / DEADLETTER):
+                    self._ensure(node, DEADLETTER)
         for kind in RecordType:
             self._ensure(node, kind.value)
+
+    async def start_producer(self, node: str, log: str) -> None:
+        """Start the producer of `log` on `node` if it is not running: something was
+        written there that nobody tails (the first dead letter, mostly)."""
+        if log in RecordType.__members__.values() or (
+            log == DEADLETTER and self.config.deadletter_sink
+        ):
+            self._ensure(node, log)
 
     def _ensure(self, node: str, log: str) -> Any:
         """The producer of `log` on `node`, found by name or created."""
@@ -130,6 +150,7 @@ class Supervisor:
             segment_bytes=self.config.segment_bytes,
             fsync=self.config.should_fsync(),
             deadletter=deadletter,
+            supervisor=SUPERVISOR_NAME,
             trace_bytes=self.config.trace_bytes if self.config.debugger else 0,
         )
         self.producers[(node, log)] = handle
@@ -150,10 +171,12 @@ class Supervisor:
 
     async def flush(self, timeout_s: float = 120.0) -> bool:
         """Drain every log to every sink; record types first, then the dead letters."""
-        producers = self._alive_producers()
-        first = [p for (_, log), p in producers.items() if log != DEADLETTER]
-        last = [p for (_, log), p in producers.items() if log == DEADLETTER]
+        for node in alive_nodes():
+            self._ensure_node(node)  # dead letters whose producer was not asked for yet
+        first = [p for (_, log), p in self._alive_producers().items() if log != DEADLETTER]
         ok = all(await asyncio.gather(*(p.flush.remote(timeout_s) for p in first)))
+        # Read again: refusals met while flushing may have started a dead-letter producer.
+        last = [p for (_, log), p in self._alive_producers().items() if log == DEADLETTER]
         ok = all(await asyncio.gather(*(p.flush.remote(timeout_s) for p in last))) and ok
         return bool(ok)
 
@@ -168,8 +191,11 @@ class Supervisor:
             ray.kill(actor, no_restart=True)
 
 
-def log_root_holds_events(log_root: Path) -> bool:
-    """Whether any log under `log_root` holds segment files (for the startup message)."""
-    if not log_root.exists():
+def log_root_holds_events(root: Path) -> bool:
+    """Whether `root` (a log, or a directory of logs) holds segment files."""
+    if not root.exists():
         return False
-    return any(log_root.glob("*/*.seg")) or any(log_root.glob("*/writers/*/*.seg"))
+    return any(
+        any(root.glob(pattern))
+        for pattern in ("*.seg", "writers/*/*.seg", "*/*.seg", "*/writers/*/*.seg")
+    )

@@ -19,7 +19,7 @@ import ray
 import uvicorn
 from ray import serve
 
-from actors.supervisor import NAMESPACE, producer_name
+from actors.supervisor import NAMESPACE, SUPERVISOR_NAME, producer_name
 from core import memory
 from core.config import Config
 from core.model import DEADLETTER, RecordType
@@ -55,6 +55,7 @@ class Ingress:
             capacity_bytes=config.log_capacity_bytes,
             segment_bytes=config.segment_bytes,
             fsync=config.should_fsync(),
+            unowned=functools.partial(_start_producer, node),
         )
         counters = ReplicaCounters(self.writer.log_root / "replicas", self.writer.writer_id)
         tracer = functools.partial(_trace, node, [str(t) for t in LOGS])
@@ -94,12 +95,29 @@ class Ingress:
 LOGS = [*(t.value for t in RecordType), DEADLETTER]
 
 
+def _start_producer(node: str, log: str) -> None:
+    """Ask the supervisor for the producer of `log` on `node` (the writer found none),
+    from a thread: looking the supervisor up waits on Ray's GCS, the loop must not."""
+
+    def ask() -> None:
+        try:
+            supervisor = ray.get_actor(SUPERVISOR_NAME, namespace=NAMESPACE)
+            supervisor.start_producer.remote(node, log)
+        except Exception as exc:  # the supervisor restarting: the writer asks again
+            logger.warning("asking for the %s producer failed: %s", log, exc)
+
+    threading.Thread(target=ask, name=f"start-{log}-producer", daemon=True).start()
+
+
 async def _trace(node: str, logs: list[str], message_id: str) -> list[dict[str, Any]]:
     """Ask this node's producers where `message_id` is (their recent batches and logs)."""
 
     async def ask(log: str) -> Any:
         try:
             producer = ray.get_actor(producer_name(node, log), namespace=NAMESPACE)
+        except ValueError:  # not started (the dead letters' starts with the first one)
+            return None
+        try:
             return await producer.trace.remote(message_id)
         except Exception as exc:  # a producer restarting: the others still answer
             logger.warning("trace of %s in %s failed: %s", message_id, log, exc)

@@ -8,9 +8,12 @@ the producer of each log tails the files.
 
 Back-pressure without a call either: the producer publishes its fill state in
 `state.json`; a replica refuses (503) while that log is full, or while its producer
-has not taken anything for a while and this replica has already written a share of
-the capacity since. A failed or short write is cut back to the last whole record and
-answered 503, so a full disk never leaves half a record behind an acknowledged one.
+has not taken anything for a while (or never published: not started) and this replica
+has already written a share of the capacity since. A log with no producer yet (the
+dead letters', whose producer starts with the first one) is reported to `unowned`,
+which asks for one, at most once per `STALE_AFTER_S`. A failed or short write is cut
+back to the last whole record and answered 503, so a full disk never leaves half a
+record behind an acknowledged one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +68,7 @@ class _Group:
 @dataclass
 class _Fill:
     read_at: float = 0.0
+    asked_at: float = -STALE_AFTER_S  # when `unowned` was last told
     state: dict[str, Any] | None = None
     written_since: int = 0  # bytes this replica wrote since the producer last published
 
@@ -79,8 +84,10 @@ class SegmentWriter:
         segment_bytes: int,
         fsync: bool = False,
         writer_id: str | None = None,
+        unowned: Callable[[str], None] | None = None,
     ) -> None:
         self.log_root = log_root
+        self.unowned = unowned
         self.capacity_bytes = capacity_bytes
         self.segment_bytes = segment_bytes
         self.fsync = fsync
@@ -210,6 +217,14 @@ class SegmentWriter:
             fill.state = state
         state = fill.state
         if state is None:
+            if self.unowned is not None and now - fill.asked_at >= STALE_AFTER_S:
+                fill.asked_at = now
+                self.unowned(log)
+            if fill.written_since > self.capacity_bytes // 4:
+                raise StoreUnavailable(
+                    "producer_unavailable",
+                    f"the {log} producer has not started yet; retry shortly",
+                )
             return
         if state["held_bytes"] + state["pending_bytes"] >= state["capacity_bytes"]:
             raise StoreUnavailable(

@@ -8,6 +8,7 @@ everything the earlier ones had answered 200.
 from __future__ import annotations
 
 import gzip
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,9 +119,15 @@ def test_plain_http_single_endpoints_batch_import_and_gzip(service: Service) -> 
 def test_batch_with_invalid_events_accepts_the_valid_ones(service: Service) -> None:
     good = {"type": "track", "userId": "u", "event": "Good", "messageId": "partial-good"}
     bad = {"type": "track", "userId": "u", "messageId": "partial-bad"}  # no event name
+    # One producer per record type; the dead letters' starts with the first one.
+    assert len(service.processes("ray::Producer")) == 6
     with service.client() as client:
         answer = client.post("/v1/batch", json={"batch": [bad, good]})
     assert answer.status_code == 200
+    deadline = time.monotonic() + 60
+    while len(service.processes("ray::Producer")) < 7:
+        assert time.monotonic() < deadline, "no dead-letter producer started"
+        time.sleep(0.3)
     body = answer.json()
     assert body["success"] is True
     assert [r["index"] for r in body["rejected"]] == [0]

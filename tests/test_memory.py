@@ -49,3 +49,42 @@ def test_a_freed_large_buffer_leaves_the_process() -> None:
         grown[mode] = int(out.stdout)
     assert grown["off"] >= 16 << 20, grown  # glibc kept freed blocks in the thread's arena
     assert grown["on"] < 2 << 20, grown
+
+
+def test_arrow_buffers_freed_leave_the_process() -> None:
+    # The producers' and consumers' setting: Arrow allocates with malloc, whose large
+    # blocks are mapped and unmapped; 16 MiB buffers made and freed in a thread leave
+    # nothing behind.
+    script = textwrap.dedent(
+        """
+        import threading
+
+        import pyarrow as pa
+
+        from core import memory
+        from sinks.base import arrow_allocates_with_malloc
+
+        def rss():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * 4096
+
+        assert memory.return_large_frees()
+        arrow_allocates_with_malloc()
+        assert pa.default_memory_pool().backend_name == "system"
+        before = rss()
+
+        def batches():
+            for _ in range(3):
+                held = [pa.allocate_buffer(16 << 20) for _ in range(2)]
+                for buffer in held:
+                    memoryview(buffer)[::4096] = b"x" * ((16 << 20) // 4096)  # touch pages
+                del held
+
+        thread = threading.Thread(target=batches)
+        thread.start()
+        thread.join()
+        print(rss() - before)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert int(out.stdout) < 2 << 20, out.stdout

@@ -171,6 +171,27 @@ def test_a_silent_producer_stops_a_replica_after_a_share_of_the_capacity(
     assert refused.value.code == "producer_unavailable"
 
 
+def test_a_log_with_no_producer_asks_for_one_and_takes_a_share_of_the_capacity(
+    tmp_path: Path,
+) -> None:
+    asked: list[str] = []
+    w = SegmentWriter(tmp_path, capacity_bytes=40_000, segment_bytes=MiB, unowned=asked.append)
+    accepted = 0
+    with pytest.raises(IngressError) as refused:
+        for _ in range(100):
+            asyncio.run(w.append("_deadletter", payloads("d", 10)))
+            accepted += 10
+            time.sleep(0.06)  # past the replica's cache of the state
+    assert refused.value.code == "producer_unavailable"
+    # Asked once (again only after STALE_AFTER_S), and the events taken are all there.
+    assert asked == ["_deadletter"]
+    assert len(taken(WriterTail(tmp_path / "_deadletter"))) == accepted > 0
+    # Once the producer publishes its state, the log takes events again.
+    publish(tmp_path, "_deadletter", held=0, capacity=40_000)
+    time.sleep(0.06)
+    asyncio.run(w.append("_deadletter", payloads("e", 1)))
+
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, as a full /dev/shm would be (the tests run as root, as CI does)."""
