@@ -456,8 +456,11 @@ class Producer:
                 await asyncio.sleep(1.0)
 
     async def _start_deadletter_producer(self) -> None:
+        if self.supervisor_name is None:
+            logger.warning("no dead-letter producer and no supervisor to start one; waiting")
+            await asyncio.sleep(1.0)
+            return
         try:
-            assert self.supervisor_name is not None, "no supervisor to start it"
             supervisor = ray.get_actor(self.supervisor_name, namespace=self.namespace)
             await supervisor.start_producer.remote(
                 ray.get_runtime_context().get_node_id(), DEADLETTER

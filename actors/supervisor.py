@@ -36,6 +36,7 @@ logger = logging.getLogger("sluice.supervisor")
 NAMESPACE = "sluice"
 SUPERVISOR_NAME = "supervisor"
 _ACTOR_CPUS = 0.05
+_RECORD_LOGS = frozenset(kind.value for kind in RecordType)
 #: How often the supervisor looks for nodes that joined the cluster.
 _WATCH_NODES_S = 5.0
 
@@ -116,9 +117,7 @@ class Supervisor:
     async def start_producer(self, node: str, log: str) -> None:
         """Start the producer of `log` on `node` if it is not running: something was
         written there that nobody tails (the first dead letter, mostly)."""
-        if log in RecordType.__members__.values() or (
-            log == DEADLETTER and self.config.deadletter_sink
-        ):
+        if log in _RECORD_LOGS or (log == DEADLETTER and self.config.deadletter_sink):
             self._ensure(node, log)
 
     def _ensure(self, node: str, log: str) -> Any:

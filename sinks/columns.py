@@ -10,13 +10,12 @@ are (ingress wrote text) and times are parsed in Arrow, once per distinct text.
 
 from __future__ import annotations
 
-import array
-import itertools
 from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -288,13 +287,17 @@ def _times(texts: pa.Array) -> pa.Array:
 
 
 def _json_text(raws: list[msgspec.Raw]) -> pa.Array:
-    # Offsets and one joined buffer: no Python object per value. An absent part is null.
-    offsets = array.array("i", itertools.accumulate(map(len, raws), initial=0))
-    data = b"".join(raws)
-    text = pa.Array.from_buffers(
-        pa.string(), len(raws), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
-    )
-    return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    # Offsets, one joined buffer and a validity bitmap (an absent part is null, and
+    # empty): no Python object per value, and the text is never copied again.
+    count = len(raws)
+    lengths = np.fromiter(map(len, raws), dtype=np.int32, count=count)
+    offsets = np.zeros(count + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    present = lengths > 0
+    nulls = count - int(np.count_nonzero(present))
+    validity = pa.py_buffer(np.packbits(present, bitorder="little")) if nulls else None
+    buffers = [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(raws))]
+    return pa.Array.from_buffers(pa.string(), count, buffers, null_count=nulls)
 
 
 _NULL = pa.scalar(None, pa.string())

@@ -119,6 +119,36 @@ def test_file_tree_reads_with_pyarrow_and_duckdb(tmp_path: Path) -> None:
     assert {first_ms for *_, first_ms in rows} == hours_ms  # UTC kept, milliseconds too
 
 
+def test_free_form_parts_are_their_json_text_and_absent_ones_null() -> None:
+    payloads = [
+        orjson.dumps(
+            {
+                "type": "track",
+                "event": "E",
+                "messageId": "a",
+                "userId": "u",
+                "receivedAt": HOURS[0],
+                "properties": {"x": [1, 2]},
+                "context": {},
+            }
+        ),
+        orjson.dumps(
+            {
+                "type": "identify",
+                "messageId": "b",
+                "userId": "u",
+                "receivedAt": HOURS[0],
+                "traits": {"plan": "pro"},
+            }
+        ),
+    ]
+    table = to_table(decode(payloads))
+    assert table.column("properties").to_pylist() == ['{"x":[1,2]}', None]
+    assert table.column("traits").to_pylist() == [None, '{"plan":"pro"}']
+    assert table.column("context").to_pylist() == ["{}", None]
+    assert table.column("integrations").null_count == 2
+
+
 def ensure_bucket(name: str) -> None:
     """Create the bucket on a restarted server (moto keeps in-process state, so it may exist)."""
     try:
