@@ -172,12 +172,14 @@ class _Enriched:
     """The enriched columns of a batch, read from its distinct `context`s only: most
     events of a batch share theirs with others (a page's events, a user's session)."""
 
-    def __init__(self, contexts: list[msgspec.Raw]) -> None:
-        index: dict[bytes, int] = {}
-        self.positions = pa.array(
-            [index.setdefault(bytes(c), len(index)) for c in contexts], pa.int32()
-        )
-        text = b"[" + b",".join(c or b"null" for c in index) + b"]"
+    def __init__(self, contexts: pa.Array) -> None:
+        # Arrow finds the distinct texts (an absent context is null, and stays null).
+        encoded = contexts.dictionary_encode()
+        self.positions = encoded.indices
+        distinct = encoded.dictionary
+        lists = pa.ListArray.from_arrays(pa.array([0, len(distinct)], pa.int32()), distinct)
+        body = pc.binary_join(lists, ",")[0].as_buffer()  # None when there is none
+        text = b"[" + (body.to_pybytes() if body is not None else b"") + b"]"
         self.typed = True
         try:
             self.distinct: list[Any] = _CONTEXTS.decode(text)
@@ -239,7 +241,8 @@ class Decoded:
         self.events = _LINES.decode_lines(lines)
         if len(self.events) != count:  # an empty payload, or one with a line break
             raise msgspec.DecodeError(f"{count} payloads gave {len(self.events)} events")
-        self.enriched = _Enriched([e.context for e in self.events])
+        self.contexts = _json_text([e.context for e in self.events])
+        self.enriched = _Enriched(self.contexts)
 
     def __len__(self) -> int:
         return len(self.events)
@@ -310,6 +313,30 @@ def _strings(values: list[Any]) -> pa.Array:
         return pa.array([_text(v) for v in values], pa.string())
 
 
+def partitions(decoded: Decoded, table: pa.Table) -> list[tuple[str, str, list[int] | None]]:
+    """`(source, receivedAt's hour text, rows)` of each Parquet partition the batch touches,
+    sorted; `rows` is None when the whole batch is one (nearly always). Found by Arrow,
+    not by a Python step per event; an event with no source goes under `default`."""
+    if not len(decoded):
+        return []
+    source = table.column("source").combine_chunks()
+    source = pc.fill_null(pc.if_else(pc.equal(source, ""), "default", source), "default")
+    received = pa.array(list(map(attrgetter("receivedAt"), decoded.events)), pa.string())
+    hours = pc.utf8_slice_codeunits(received, 0, 13)
+    if pc.count_distinct(source).as_py() == 1 and pc.count_distinct(hours).as_py() == 1:
+        return [(source[0].as_py(), hours[0].as_py(), None)]
+    rows = pa.array(np.arange(len(decoded)))
+    keys = pa.table({"source": source, "hour": hours, "row": rows})
+    grouped = keys.group_by(["source", "hour"], use_threads=False).aggregate([("row", "list")])
+    found = zip(
+        grouped["source"].to_pylist(),
+        grouped["hour"].to_pylist(),
+        grouped["row_list"].to_pylist(),
+        strict=True,
+    )
+    return sorted((s, h, sorted(r)) for s, h, r in found)
+
+
 def to_table(decoded: Decoded) -> pa.Table:
     """Arrow table with `SCHEMA`."""
     events = decoded.events
@@ -325,6 +352,8 @@ def to_table(decoded: Decoded) -> pa.Table:
             arrays.append(
                 _times(pc.if_else(pc.equal(texts, ""), pa.scalar(None, pa.string()), texts))
             )
+        elif name == "context":
+            arrays.append(decoded.contexts)
         else:
             arrays.append(_json_text(list(map(attrgetter(name), events))))
     return pa.Table.from_arrays(arrays, schema=SCHEMA)

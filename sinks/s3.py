@@ -7,7 +7,6 @@ Keys: `{prefix}/source=S/type=T/dt=YYYY-MM-DD/hr=HH/{batch_id}.parquet`, by `rec
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -68,14 +67,10 @@ class ParquetSink:
     def write(self, batch: Batch) -> Delivered:
         decoded, bad = columns.decode_batch(batch)
         table = columns.to_table(decoded)
-        events = decoded.events
-        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for i, event in enumerate(events):
-            groups[(event.source or "default", event.receivedAt[:13])].append(i)
         keys = []
-        for (source, hour_text), rows in sorted(groups.items()):
+        for source, hour_text, rows in columns.partitions(decoded, table):
             day, hour = model.hour_partition(hour_text)
-            part = table if len(rows) == len(events) else table.take(rows)
+            part = table if rows is None else table.take(rows)
             directory = f"{self.root}/source={source}/type={batch.record_type}/dt={day}/hr={hour}"
             write_parquet(self.fs, f"{directory}/{batch.batch_id}.parquet", part)
             keys.append(f"{directory}/{batch.batch_id}.parquet")
