@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from sinks.base import Batch, joined
 
 _TS = pa.timestamp("us", tz="UTC")
+_NULL = pa.scalar(None, pa.string())
 
 #: Columns of every Parquet file, in order. Free-form parts are JSON text.
 SCHEMA = pa.schema(
@@ -303,9 +304,6 @@ def _json_text(raws: list[msgspec.Raw]) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), count, buffers, null_count=nulls)
 
 
-_NULL = pa.scalar(None, pa.string())
-
-
 def _strings(values: list[Any]) -> pa.Array:
     try:
         return pa.array(values, pa.string())  # ingress wrote text: all of it, nearly always
@@ -349,9 +347,7 @@ def to_table(decoded: Decoded) -> pa.Table:
             arrays.append(_strings(list(map(attrgetter(_STRINGS[name]), events))))
         elif name in _TIMES:
             texts = _strings(list(map(attrgetter(_TIMES[name]), events)))
-            arrays.append(
-                _times(pc.if_else(pc.equal(texts, ""), pa.scalar(None, pa.string()), texts))
-            )
+            arrays.append(_times(pc.if_else(pc.equal(texts, ""), _NULL, texts)))
         elif name == "context":
             arrays.append(decoded.contexts)
         else:
