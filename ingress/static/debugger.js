@@ -38,6 +38,7 @@ function addEvent(item) {
 
 function connect() {
   if (source) source.close();
+  document.getElementById("status").textContent = "connecting…";
   const form = new FormData(document.getElementById("filters"));
   const query = new URLSearchParams();
   for (const [key, value] of form) if (value) query.set(key, value);

@@ -72,6 +72,8 @@ def test_events_appear_filter_open_and_trace_to_the_parquet_file(
 
     page.select_option("select[name=type]", "identify")
     page.click("#filters button[type=submit]")
+    # The filtered stream shows what comes after it opened: send once it is live.
+    expect(page.locator("#status")).to_have_text("live", timeout=10_000)
     more = send_with_the_sdk(sluice, tag + "b")
     expect(rows.filter(has_text=more["identify"])).to_have_count(1, timeout=2_000)
     expect(rows.filter(has_text=more["track"])).to_have_count(0)
