@@ -271,40 +271,64 @@ def derived_message_id(item: dict[str, Any], source: str) -> str:
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
 
 
-def add_server_fields(
-    event: dict[str, Any],
-    record_type: str,
-    *,
-    source: str,
-    received: datetime,
-    sent_at: Any = None,
-    received_text: str | None = None,
-) -> None:
-    """Add the server-set fields but `context`'s, as Segment does.
+class _Times:
+    """The server-set times of one request's events (Segment's): what each event's
+    `timestamp` and `sentAt` make of them, worked out once per distinct pair of texts.
+    A request's events nearly always share both, so most events take a dict lookup."""
 
-    `timestamp = receivedAt - (sentAt - originalTimestamp)` corrects the client's clock.
-    """
+    def __init__(self, received: datetime, sent_at: Any) -> None:
+        self.received = received
+        self.received_text = utc_text(received)
+        self.sent_at = sent_at  # the batch's own, for events without theirs
+        self.known: dict[tuple[str | None, str | None], tuple[str | None, str | None, str]] = {}
+
+    def of(self, original: Any, sent: Any) -> tuple[str | None, str | None, str]:
+        """`(originalTimestamp, sentAt, timestamp)` texts of an event that came with these
+        values (None: absent); raises `_Invalid` for a value that is not a time."""
+        key = (original, sent)
+        try:
+            return self.known[key]
+        except KeyError:
+            pass
+        except TypeError:  # an object or a list where a time goes: not cached, refused below
+            return self._work_out(original, sent)
+        found = self.known[key] = self._work_out(original, sent)
+        return found
+
+    def _work_out(self, original: Any, sent: Any) -> tuple[str | None, str | None, str]:
+        """`timestamp = receivedAt - (sentAt - originalTimestamp)` corrects the client's
+        clock."""
+        original_at = _parse_time(original, "timestamp")
+        sent_at = _parse_time(sent, "sentAt")
+        received = self.received
+        timestamp = received if original_at is None else original_at[0]
+        if original_at is not None and sent_at is not None:
+            skew = sent_at[0] - original_at[0]
+            try:
+                # No skew (an event sent as made, as most are): the request's own time and text.
+                timestamp = received - skew if skew else received
+            except OverflowError:  # a client clock millennia off: the server's is the best guess
+                timestamp = received
+        return (
+            None if original_at is None else original_at[1],
+            None if sent_at is None else sent_at[1],
+            self.received_text if timestamp is received else utc_text(timestamp),
+        )
+
+
+def add_server_fields(
+    event: dict[str, Any], record_type: str, *, source: str, times: _Times
+) -> None:
+    """Add the server-set fields but `context`'s, as Segment does (see `_Times`)."""
     event["type"] = record_type
     event.pop("writeKey", None)
-    original_at = _parse_time(event.get("timestamp"), "timestamp")
-    sent_at_parsed = _parse_time(event.get("sentAt", sent_at), "sentAt")
-    original = original_at[0] if original_at else None
-    timestamp = received if original is None else original
-    if original is not None and sent_at_parsed is not None:
-        skew = sent_at_parsed[0] - original
-        try:
-            # No skew (an event sent as made, as most are): the request's own time and text.
-            timestamp = received - skew if skew else received
-        except OverflowError:  # a client clock millennia off: the server's time is the best guess
-            timestamp = received
-    if original_at is not None:
-        event["originalTimestamp"] = original_at[1]
-    if sent_at_parsed is not None:
-        event["sentAt"] = sent_at_parsed[1]
-    # One request's events share receivedAt: its text is made once, by `accept`.
-    received_text = received_text or utc_text(received)
-    event["timestamp"] = received_text if timestamp is received else utc_text(timestamp)
-    event["receivedAt"] = received_text
+    original, sent, timestamp = times.of(event.get("timestamp"), event.get("sentAt", times.sent_at))
+    if original is not None:
+        event["originalTimestamp"] = original
+    if sent is not None:
+        event["sentAt"] = sent
+    event["timestamp"] = timestamp
+    event["receivedAt"] = times.received_text
     event["source"] = source
 
 
@@ -340,9 +364,9 @@ def accept(
     With a `plan`, events that break it are rejected (`reject_violations`) or accepted
     with the violations in `context.sluice.violations`.
     """
-    received = datetime.now(UTC)
-    parsed = Parsed(received_at=utc_text(received))
     defaults = defaults or {}
+    times = _Times(datetime.now(UTC), defaults.get("sentAt"))
+    parsed = Parsed(received_at=times.received_text)
     # The events that take the batch's own `context` all store the same one when what
     # enriches it reads the context alone: it is made and serialised once per request.
     shares = isinstance(defaults.get("context"), dict) and (
@@ -378,14 +402,7 @@ def accept(
             for key in _BATCH_DEFAULTS:
                 if key in defaults and key not in event and isinstance(defaults[key], dict):
                     event[key] = shared if key == "context" and reuse else dict(defaults[key])
-            add_server_fields(
-                event,
-                kind,
-                source=source,
-                received=received,
-                sent_at=defaults.get("sentAt"),
-                received_text=parsed.received_at,
-            )
+            add_server_fields(event, kind, source=source, times=times)
             if not reuse:
                 event["context"] = server_context(event.get("context"), ip, violations)
                 if enrichment is not None:

@@ -87,6 +87,42 @@ def test_server_fields_and_clock_correction() -> None:
     assert out["context"] == {"ip": "1.2.3.4"}  # a client-sent ip is kept
 
 
+def test_each_event_of_a_batch_gets_its_own_clock_correction() -> None:
+    # A request's events share their times' work when they share the texts; one with a
+    # time of its own, or with its own sentAt, is worked out for itself.
+    sent = "2030-01-01T11:00:05Z"
+    items = [
+        {"type": "track", "userId": "u", "event": "e", "timestamp": "2030-01-01T11:00:00Z"},
+        {"type": "track", "userId": "u", "event": "e", "timestamp": "2030-01-01T11:00:00Z"},
+        {"type": "track", "userId": "u", "event": "e", "timestamp": "2030-01-01T10:59:00Z"},
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "e",
+            "timestamp": "2030-01-01T11:00:00Z",
+            "sentAt": "2030-01-01T11:00:02Z",
+        },
+        {"type": "track", "userId": "u", "event": "e"},
+        {"type": "track", "userId": "u", "event": "e", "timestamp": ["not", "a", "time"]},
+    ]
+    parsed = events.accept(
+        items, record_type=None, source="web", ip=None, defaults={"sentAt": sent}
+    )
+    assert [(r.index, r.code) for r in parsed.rejected] == [(5, "invalid_timestamp")]
+    ages = []
+    for out in stored(parsed, "track"):
+        received = datetime.fromisoformat(str(out["receivedAt"]))
+        ages.append((received - datetime.fromisoformat(str(out["timestamp"]))).total_seconds())
+    assert ages == pytest.approx([5, 5, 65, 2, 0], abs=0.002)
+    assert [out.get("sentAt") for out in stored(parsed, "track")] == [
+        "2030-01-01T11:00:05.000Z",
+        "2030-01-01T11:00:05.000Z",
+        "2030-01-01T11:00:05.000Z",
+        "2030-01-01T11:00:02.000Z",
+        "2030-01-01T11:00:05.000Z",
+    ]
+
+
 def test_timestamp_defaults_to_received_at_and_naive_times_are_utc() -> None:
     (out,) = stored(accept_one({"userId": "u", "event": "e", "messageId": "m1"}), "track")
     assert out["timestamp"] == out["receivedAt"]
