@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +45,18 @@ def taken(tail: WriterTail) -> list[bytes]:
     result = tail.take()
     tail.commit(result.positions)
     return events(result)
+
+
+def test_records_carry_zlibs_crc32_so_files_of_an_older_sluice_still_read() -> None:
+    # zlib-ng computes the crc now; a record framed with the standard library's zlib (as
+    # before) is taken whole, and one of ours checks out with it.
+    stamp, payload = 12345, b'{"event":"e"}'
+    data = segments.encode([payload], stamp)
+    length, crc, _ = segments.HEADER.unpack_from(data)
+    assert (length, crc) == (len(payload), zlib.crc32(stamp.to_bytes(8, "little") + payload))
+    old = segments.HEADER.pack(len(payload), crc, stamp) + payload
+    assert segments.decode(old * 2)[0] == [(stamp, payload)] * 2
+    assert segments.decode(old[:-1] + b"x")[0] == []  # a corrupt record is still refused
 
 
 def test_concurrent_requests_share_one_write_and_all_are_taken(tmp_path: Path) -> None:
