@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,12 +60,13 @@ SETTINGS_PATH = "/v1/projects/{write_key}/settings"
 
 
 class EventStore(Protocol):
-    """Where accepted events go. `append` returns once they are stored durably.
+    """Where accepted events go. `append_many` returns once the payloads of every record
+    type (or the dead letters) it is given are stored durably.
 
     `bulk`: the events came in a batch request, whose sender can wait a little longer.
     """
 
-    async def append(self, record_type: str, payloads: list[bytes], bulk: bool = False) -> None: ...
+    async def append_many(self, by_log: Mapping[str, list[bytes]], bulk: bool = False) -> None: ...
 
     async def stats(self) -> list[dict[str, Any]]: ...
 
@@ -320,12 +322,11 @@ def check_origin(state: IngressState, origin: str | None, source: str) -> None:
 
 async def _store(state: IngressState, parsed: events.Parsed, source: str, bulk: bool) -> None:
     letters = events.deadletters(parsed, source)
-    calls = [state.store.append(kind, payloads, bulk) for kind, payloads in parsed.by_type.items()]
+    by_log = parsed.by_type
     if letters and state.config.deadletter_sink is not None:
-        calls.append(state.store.append(DEADLETTER, letters, bulk))
-    for result in await asyncio.gather(*calls, return_exceptions=True):
-        if isinstance(result, BaseException):
-            raise result
+        by_log = {**by_log, DEADLETTER: letters}
+    if by_log:
+        await state.store.append_many(by_log, bulk)
 
 
 def _answer(state: IngressState, parsed: events.Parsed, single: bool) -> tuple[int, dict[str, Any]]:

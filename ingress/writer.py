@@ -25,7 +25,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,14 +102,21 @@ class SegmentWriter:
 
     async def append(self, log: str, payloads: list[bytes], bulk: bool = False) -> None:
         """Returns once `payloads` are written to this replica's segment of `log`."""
-        self._check_fill(log)
+        await self.append_many({log: payloads}, bulk)
+
+    async def append_many(self, by_log: Mapping[str, list[bytes]], bulk: bool = False) -> None:
+        """Returns once the payloads of every log are written to this replica's segments
+        (one wait for a request's record types). A full log refuses them all."""
+        for log in by_log:
+            self._check_fill(log)
         loop = asyncio.get_running_loop()
-        group = self._groups.get(log)
-        if group is None:
-            group = self._groups[log] = _Group()
-        group.payloads.extend(payloads)
         done = loop.create_future()
-        group.waiters.append(done)
+        for log, payloads in by_log.items():
+            group = self._groups.get(log)
+            if group is None:
+                group = self._groups[log] = _Group()
+            group.payloads.extend(payloads)
+            group.waiters.append(done)
         if not self._commit_scheduled:
             # Next turn of the loop: the requests that arrived with this one join the write.
             self._commit_scheduled = True
@@ -140,20 +147,26 @@ class SegmentWriter:
         self._commit_scheduled = False
         groups, self._groups = self._groups, {}
         stamp = time.monotonic_ns()
+        # A request waits on every log it wrote to: answered once all are written, with
+        # the first failure if one was not.
+        failed: dict[asyncio.Future[None], BaseException] = {}
         for log, group in groups.items():
-            error: BaseException | None = None
             try:
                 self._write(log, segments.encode(group.payloads, stamp))
             except Exception as exc:  # whatever it is, the requests get an answer
                 logger.error("cannot append to log %s: %s", log, exc)
                 error = _unavailable(log, exc)
+                for waiter in group.waiters:
+                    failed.setdefault(waiter, error)
+        for group in groups.values():
             for waiter in group.waiters:
                 if waiter.done():
-                    continue  # the request was cancelled (client gone); its events are written
-                if error is None:
+                    continue  # answered (another log's), or cancelled: its events are written
+                refused = failed.get(waiter)
+                if refused is None:
                     waiter.set_result(None)
                 else:
-                    waiter.set_exception(error)
+                    waiter.set_exception(refused)
 
     def _write(self, log: str, data: bytes) -> None:
         segment = self._segment(log)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -17,13 +18,17 @@ class MemoryEventStore:
         self.payloads: dict[str, list[bytes]] = {}
         self.capacity_events = capacity_events
 
-    async def append(self, record_type: str, payloads: list[bytes], bulk: bool = False) -> None:
-        held = self.payloads.setdefault(record_type, [])
-        if len(held) + len(payloads) > self.capacity_events:
-            raise IngressError(
-                503, "log_full", f"{record_type} events are not accepted now", {"Retry-After": "5"}
-            )
-        held.extend(payloads)
+    async def append_many(self, by_log: Mapping[str, list[bytes]], bulk: bool = False) -> None:
+        for record_type, payloads in by_log.items():  # a full log refuses them all
+            if len(self.payloads.get(record_type, [])) + len(payloads) > self.capacity_events:
+                raise IngressError(
+                    503,
+                    "log_full",
+                    f"{record_type} events are not accepted now",
+                    {"Retry-After": "5"},
+                )
+        for record_type, payloads in by_log.items():
+            self.payloads.setdefault(record_type, []).extend(payloads)
 
     async def stats(self) -> list[dict[str, Any]]:
         return [

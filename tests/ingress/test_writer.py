@@ -172,6 +172,42 @@ def test_a_full_log_answers_503_with_retry_after(tmp_path: Path) -> None:
     asyncio.run(w.append("page", payloads("y", 1)))  # other logs are not held back
 
 
+def test_a_request_of_several_record_types_is_stored_whole_or_refused_whole(
+    tmp_path: Path,
+) -> None:
+    w = writer(tmp_path)
+    asyncio.run(w.append_many({"track": payloads("t", 2), "page": payloads("p", 1)}))
+    assert taken(WriterTail(tmp_path / "track")) == payloads("t", 2)
+    assert taken(WriterTail(tmp_path / "page")) == payloads("p", 1)
+    publish(tmp_path, "page", held=1000, capacity=1000)
+    time.sleep(0.06)  # past the replica's cache of the state
+    with pytest.raises(IngressError) as refused:
+        asyncio.run(w.append_many({"track": payloads("t2", 2), "page": payloads("p2", 1)}))
+    assert refused.value.code == "log_full"
+    assert taken(WriterTail(tmp_path / "track")) == []  # nothing of it written
+
+
+def test_a_request_is_answered_with_the_failure_of_any_of_its_logs(tmp_path: Path) -> None:
+    # Its track events are written, its page events cannot be: no 200 for it, while a
+    # request of track events alone in the same write gets its answer.
+    w = writer(tmp_path)
+    asyncio.run(w.append_many({"track": payloads("t", 1), "page": payloads("p", 1)}))
+    os.close(w._segments["page"].fd)  # the page segment's writes now fail (EBADF)
+
+    async def both() -> list[object]:
+        return await asyncio.gather(
+            w.append_many({"track": payloads("t2", 1), "page": payloads("p2", 1)}),
+            w.append_many({"track": payloads("t3", 1)}),
+            return_exceptions=True,
+        )
+
+    mixed, alone = asyncio.run(both())
+    assert isinstance(mixed, IngressError) and mixed.status == 503, mixed
+    assert alone is None
+    written = taken(WriterTail(tmp_path / "track"))
+    assert written == [*payloads("t", 1), *payloads("t2", 1), *payloads("t3", 1)]
+
+
 def test_a_silent_producer_stops_a_replica_after_a_share_of_the_capacity(
     tmp_path: Path,
 ) -> None:
