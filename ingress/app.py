@@ -400,7 +400,7 @@ def _drop_duplicates(
         return None
     found = dedup.lookup(source, ids)  # once for all record types: numpy's cost is per call
     seen = found.seen
-    if len(ids) > 1:
+    if len(ids) > 1 and len(set(ids)) < len(ids):  # an id twice in the request (rare)
         first: set[str] = set()
         for i, message_id in enumerate(ids):
             seen[i] = seen[i] or message_id in first

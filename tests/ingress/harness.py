@@ -4,6 +4,7 @@ built on a `MemoryEventStore`."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,10 +26,10 @@ __all__ = ["Ingress", "TestClient", "error"]
 class Ingress:
     """The app over a `MemoryEventStore`, built from a `Config` as `sluice serve` would."""
 
-    def __init__(self, cfg: config.Config) -> None:
+    def __init__(self, cfg: config.Config, log_root: Path | None = None) -> None:
         self.config = cfg
         self.store = MemoryEventStore()
-        self.app = build_app(cfg, self.store)
+        self.app = build_app(cfg, self.store, log_root=log_root)  # with one: de-duplication
         self.client = TestClient(self.app)
 
     def post(

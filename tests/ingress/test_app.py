@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from core import config
 from ingress import events
 from tests.ingress.harness import Ingress, error
 
@@ -201,3 +203,14 @@ def test_openapi_json_is_served(ingress: Ingress) -> None:
     document = ingress.client.get("/openapi.json").json()
     assert document["openapi"].startswith("3.1")
     assert document["components"]["securitySchemes"]["writeKey"]["scheme"] == "basic"
+
+
+def test_an_id_sent_twice_is_stored_once_in_one_request_and_across_requests(
+    tmp_path: Path,
+) -> None:
+    ingress = Ingress(config.load(None, write_keys=[KEY], environ={}), log_root=tmp_path)
+    track = {"type": "track", "userId": "u", "event": "e"}
+    batch = [{**track, "messageId": "a"}, {**track, "messageId": "b"}, {**track, "messageId": "a"}]
+    assert ingress.post("/v1/batch", {"batch": batch}, KEY).json() == {"success": True}
+    assert ingress.post("/v1/track", {**track, "messageId": "b"}, KEY).json() == {"success": True}
+    assert [e["messageId"] for e in ingress.store.events()] == ["a", "b"]
