@@ -64,13 +64,19 @@ def _hashes(source: str, message_ids: list[str]) -> list[tuple[int, int]]:
     return [((h := digest(m.encode(), seed)) & _U64, (h >> 64) | 1) for m in message_ids]
 
 
-def _hash_arrays(source: str, message_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """`_hashes` as two arrays, with no Python integer per id: the digests' bytes joined
-    and read by numpy (xxh3's canonical digest is big-endian, high 64 bits first)."""
+def _pairs_and_fingerprints(
+    source: str, message_ids: list[str], buckets: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each id's two buckets (an `(n, 2)` array) and fingerprint, as `_hashes` makes them,
+    in a few numpy calls: the buckets come from the low hash's two 32-bit halves, read
+    straight off the digests' bytes (big-endian: high word, then low; each high half
+    first)."""
     digest, seed = xxhash.xxh3_128_digest, xxhash.xxh3_64_intdigest(source.encode())
     joined = b"".join([digest(m.encode(), seed) for m in message_ids])
-    words = np.frombuffer(joined, dtype=">u8").reshape(-1, 2).astype(np.uint64)
-    return words[:, 1], words[:, 0] | np.uint64(1)
+    halves = np.frombuffer(joined, dtype=">u4").reshape(-1, 4)
+    pairs = (halves[:, [3, 2]] % np.uint32(buckets)).astype(np.intp)
+    fingerprints = np.frombuffer(joined, dtype=">u8")[0::2] | np.uint64(1)
+    return pairs, fingerprints
 
 
 def _buckets_needed(capacity: int) -> int:
@@ -87,12 +93,14 @@ class Lookup:
 
     def __init__(
         self,
-        first: list[int] | np.ndarray,
-        second: list[int] | np.ndarray,
+        first: list[int],
+        second: list[int],
         fingerprints: list[int] | np.ndarray,
+        pairs: np.ndarray | None = None,
     ) -> None:
-        self.first = first
+        self.first = first  # a few ids: each id's buckets as lists
         self.second = second
+        self.pairs = pairs  # many ids: both buckets of each, one row an id
         self.fingerprints = fingerprints
         self.seen: list[bool] = []
 
@@ -143,24 +151,26 @@ class _Slice:
         self.put(first, one.index(0), fingerprint)
         return True
 
-    def add_many(self, first: np.ndarray, second: np.ndarray, fingerprints: np.ndarray) -> int:
-        """Put fingerprints in the emptier of their buckets, a few numpy calls a round;
-        ids that chose the same bucket in one round take turns. Returns how many went in."""
+    def add_many(self, pairs: np.ndarray, fingerprints: np.ndarray) -> int:
+        """Put fingerprints in the emptier of their buckets (`pairs`, a row an id), a few
+        numpy calls a round; ids that chose the same bucket in one round take turns.
+        Returns how many went in."""
         placed = 0
         pending = np.arange(len(fingerprints))
         for _ in range(_ROUNDS):
             if not len(pending):
                 break
-            a, b = first[pending], second[pending]
-            rows_a, rows_b = self.words[a], self.words[b]
-            free_a, free_b = (rows_a == 0).sum(axis=1), (rows_b == 0).sum(axis=1)
-            use_a = free_a >= free_b
-            bucket = np.where(use_a, a, b)
-            rows = np.where(use_a[:, None], rows_a, rows_b)
-            room = np.maximum(free_a, free_b) > 0
-            pending, bucket, rows = pending[room], bucket[room], rows[room]
+            choices = pairs[pending]
+            empty = self.words[choices] == 0  # (ids, 2 buckets, SLOTS)
+            free = empty.sum(axis=2)
+            other = (free[:, 1] > free[:, 0]).astype(np.intp)  # ties: the first bucket
+            ids = np.arange(len(pending))
+            bucket, space = choices[ids, other], empty[ids, other]
+            room = space.any(axis=1)
+            if not room.all():  # both buckets full: the id passes unremembered
+                pending, bucket, space = pending[room], bucket[room], space[room]
             _, firsts = np.unique(bucket, return_index=True)
-            slots = np.argmax(rows[firsts] == 0, axis=1)
+            slots = np.argmax(space[firsts], axis=1)
             self.words[bucket[firsts], slots] = fingerprints[pending[firsts]]
             placed += len(firsts)
             pending = np.delete(pending, firsts)
@@ -240,31 +250,25 @@ class SeenIds:
                 [fp for _, fp in hashes],
             )
         else:
-            low, fingerprints = _hash_arrays(source, message_ids)
-            found = Lookup(
-                ((low & np.uint64(_U32)) % np.uint64(buckets)).astype(np.int64),
-                ((low >> np.uint64(32)) % np.uint64(buckets)).astype(np.int64),
-                fingerprints,
-            )
+            pairs, fingerprints = _pairs_and_fingerprints(source, message_ids, buckets)
+            found = Lookup([], [], fingerprints, pairs)
         found.seen = self._seen(found) if message_ids else []
         return found
 
     def _seen(self, found: Lookup) -> list[bool]:
         now = int(time.time() // self.window_s)
         slices = [s for s in (self._slice(now), self._slice(now - 1)) if s is not None]
-        if isinstance(found.fingerprints, list):
+        if found.pairs is None:
             return [
                 any(s.holds(a, b, fp) for s in slices)
                 for a, b, fp in zip(found.first, found.second, found.fingerprints, strict=True)
             ]
         # Both buckets of every id in one gather a slice.
-        rows = np.concatenate((found.first, found.second))
-        fps = np.concatenate((found.fingerprints, found.fingerprints))[:, None]
-        hit = np.zeros(len(rows), dtype=bool)
-        for s in slices:
-            hit |= (s.words[rows] == fps).any(axis=1)
-        count = len(found.fingerprints)
-        return list((hit[:count] | hit[count:]).tolist())
+        fps = np.asarray(found.fingerprints)[:, None, None]
+        hits = [(s.words[found.pairs] == fps).any(axis=(1, 2)) for s in slices]
+        if not hits:
+            return [False] * len(fps)
+        return list((hits[0] | hits[1] if len(hits) == 2 else hits[0]).tolist())
 
     def add(self, found: Lookup, stored: list[bool] | None = None) -> None:
         """Remember the ids of `found` that were stored just now (all, or where `stored`),
@@ -272,17 +276,17 @@ class SeenIds:
         current = self._slice(int(time.time() // self.window_s))
         if current is None or current.added >= self.capacity:
             return  # full: see the module's docstring
-        if isinstance(found.fingerprints, list):
+        if found.pairs is None:
             ids = list(zip(found.first, found.second, found.fingerprints, strict=True))
             if stored is not None:
                 ids = [i for i, keep in zip(ids, stored, strict=True) if keep]
             current.count(sum(current.add(*i) for i in ids))
             return
-        first, second, fps = np.asarray(found.first), np.asarray(found.second), found.fingerprints
+        pairs, fps = found.pairs, np.asarray(found.fingerprints)
         if stored is not None:
             keep = np.array(stored, dtype=bool)
-            first, second, fps = first[keep], second[keep], fps[keep]
-        current.count(current.add_many(first, second, fps))
+            pairs, fps = pairs[keep], fps[keep]
+        current.count(current.add_many(pairs, fps))
 
     def close(self) -> None:
         for s in self.slices.values():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ingress.dedup import FP_RATE, SeenIds, _hash_arrays, _hashes
+from ingress.dedup import FP_RATE, SeenIds, _hashes, _pairs_and_fingerprints
 
 
 def test_ids_are_seen_after_add_by_another_instance_and_per_source(tmp_path: Path) -> None:
@@ -23,11 +23,16 @@ def test_ids_are_seen_after_add_by_another_instance_and_per_source(tmp_path: Pat
     assert other.lookup("web", ["a", "new"]).seen == [True, False]
 
 
-def test_hashes_as_arrays_are_the_python_hashes() -> None:
+def test_buckets_and_fingerprints_as_arrays_are_the_python_ones() -> None:
     # Tables written before the arrays came (and by the few-ids path) stay readable.
     ids = [f"id-{i}" for i in range(500)] + ["", "é", "x" * 5000]
-    low, fingerprints = _hash_arrays("web", ids)
-    assert list(zip(low.tolist(), fingerprints.tolist(), strict=True)) == _hashes("web", ids)
+    buckets = 1_250_003
+    pairs, fingerprints = _pairs_and_fingerprints("web", ids, buckets)
+    expected = [
+        ((low & 0xFFFFFFFF) % buckets, (low >> 32) % buckets, fp) for low, fp in _hashes("web", ids)
+    ]
+    rows = pairs.tolist()
+    assert [(a, b, fp) for (a, b), fp in zip(rows, fingerprints.tolist(), strict=True)] == expected
 
 
 def test_few_and_many_ids_share_one_layout_and_only_stored_ids_are_added(
