@@ -6,23 +6,33 @@ import subprocess
 import sys
 import textwrap
 
+_RSS = """
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+"""
+
+
+def measured(script: str, *args: str) -> list[int]:
+    """The numbers `script` prints, run in a fresh interpreter with `rss()` defined."""
+    code = _RSS + textwrap.dedent(script)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
+    )
+    return [int(n) for n in out.stdout.split()]
+
 
 def test_a_freed_large_buffer_leaves_the_process() -> None:
     # In a fresh interpreter: 16 MiB blocks made and freed in a thread (as a Ray actor's
     # event loop runs), after a 32 MiB one that raised glibc's threshold, leave RSS where
     # it was, instead of in the thread's heap arena.
-    script = textwrap.dedent(
-        """
+    script = """
         import sys
         import threading
 
         import numpy as np
 
         from core import memory
-
-        def rss():
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * 4096
 
         if sys.argv[1] == "on":
             assert memory.return_large_frees()
@@ -40,13 +50,7 @@ def test_a_freed_large_buffer_leaves_the_process() -> None:
         thread.join()
         print(rss() - before)
         """
-    )
-    grown = {}
-    for mode in ("off", "on"):
-        out = subprocess.run(
-            [sys.executable, "-c", script, mode], capture_output=True, text=True, check=True
-        )
-        grown[mode] = int(out.stdout)
+    grown = {mode: measured(script, mode)[0] for mode in ("off", "on")}
     assert grown["off"] >= 16 << 20, grown  # glibc kept freed blocks in the thread's arena
     assert grown["on"] < 2 << 20, grown
 
@@ -55,18 +59,13 @@ def test_arrow_buffers_freed_leave_the_process() -> None:
     # The producers' and consumers' setting: Arrow allocates with malloc, whose large
     # blocks are mapped and unmapped; 16 MiB buffers made and freed in a thread leave
     # nothing behind.
-    script = textwrap.dedent(
-        """
+    script = """
         import threading
 
         import pyarrow as pa
 
         from core import memory
         from sinks.base import arrow_allocates_with_malloc
-
-        def rss():
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * 4096
 
         assert memory.return_large_frees()
         arrow_allocates_with_malloc()
@@ -87,9 +86,8 @@ def test_arrow_buffers_freed_leave_the_process() -> None:
         assert done, "the thread failed"  # its exception would only be printed
         print(rss() - before)
         """
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert int(out.stdout) < 2 << 20, out.stdout
+    (grown,) = measured(script)
+    assert grown < 2 << 20, grown
 
 
 def test_a_consumer_gives_its_batch_buffers_back_after_each_batch() -> None:
@@ -98,15 +96,10 @@ def test_a_consumer_gives_its_batch_buffers_back_after_each_batch() -> None:
     # each anew cost a page fault per 4 KiB touched); after the batch, `release_unused`
     # gives back what the heap kept. A consumer writes on its main thread (a Ray actor
     # that runs one task at a time), whose heap glibc trims whole.
-    script = textwrap.dedent(
-        """
+    script = """
         import pyarrow as pa
 
         from sinks.base import arrow_allocates_with_malloc
-
-        def rss():
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * 4096
 
         arrow_allocates_with_malloc()
         before = rss()
@@ -121,26 +114,19 @@ def test_a_consumer_gives_its_batch_buffers_back_after_each_batch() -> None:
         pa.default_memory_pool().release_unused()
         print(kept, rss() - before)
         """
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    kept, after_release = map(int, out.stdout.split())
-    assert kept >= 16 << 20, out.stdout  # the heap kept the freed buffers, to reuse them
-    assert after_release < 2 << 20, out.stdout
+    kept, after_release = measured(script)
+    assert kept >= 16 << 20, kept  # the heap kept the freed buffers, to reuse them
+    assert after_release < 2 << 20, after_release
 
 
 def test_a_heap_keeps_a_few_mib_free_at_its_top_for_the_next_takes() -> None:
     # Blocks under 1 MiB come from the heap; freed, up to 8 MiB stays there for the next
     # ones (a producer's take reads and lists, twenty times a second), not given back and
     # faulted in again each time.
-    script = textwrap.dedent(
-        """
+    script = """
         import numpy as np
 
         from core import memory
-
-        def rss():
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * 4096
 
         assert memory.return_large_frees()
         before = rss()
@@ -151,9 +137,7 @@ def test_a_heap_keeps_a_few_mib_free_at_its_top_for_the_next_takes() -> None:
         blocks = [np.ones(256 << 10, np.uint8) for _ in range(24)]
         print(grown, kept, rss() - before)
         """
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    grown, kept, again = map(int, out.stdout.split())
-    assert grown >= 5 << 20, out.stdout
-    assert kept >= 5 << 20, out.stdout  # freed, still there (128 KiB would stay by default)
-    assert again - grown < 1 << 20, out.stdout  # taken again, not mapped anew
+    grown, kept, again = measured(script)
+    assert grown >= 5 << 20, grown
+    assert kept >= 5 << 20, kept  # freed, still there (128 KiB would stay by default)
+    assert again - grown < 1 << 20, (grown, again)  # taken again, not mapped anew
