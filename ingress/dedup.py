@@ -74,7 +74,7 @@ def _pairs_and_fingerprints(
     digest, seed = xxhash.xxh3_128_digest, xxhash.xxh3_64_intdigest(source.encode())
     joined = b"".join([digest(m.encode(), seed) for m in message_ids])
     halves = np.frombuffer(joined, dtype=">u4").reshape(-1, 4)
-    pairs = (halves[:, [3, 2]] % np.uint32(buckets)).astype(np.intp)
+    pairs = (halves[:, [3, 2]] % np.uint64(buckets)).astype(np.intp)
     fingerprints = np.frombuffer(joined, dtype=">u8")[0::2] | np.uint64(1)
     return pairs, fingerprints
 
