@@ -56,9 +56,9 @@ def test_a_freed_large_buffer_leaves_the_process() -> None:
 
 
 def test_arrow_buffers_freed_leave_the_process() -> None:
-    # The producers' and consumers' setting: Arrow allocates with malloc, whose large
-    # blocks are mapped and unmapped; 16 MiB buffers made and freed in a thread leave
-    # nothing behind.
+    # The producers' setting: Arrow allocates with malloc, whose large blocks are mapped
+    # and unmapped; 16 MiB buffers made and freed in a thread (a producer's event loop)
+    # leave nothing behind.
     script = """
         import threading
 
