@@ -13,8 +13,10 @@ On disk (in `/dev/shm` by default) a log directory holds:
 The producer appends what it took from the replicas' segment files, in one `write` per
 call, with `fsync` when asked; a write that fails is rolled back whole. A segment is
 deleted once every sink has committed past it. Memory holds only where each uncommitted
-record ends and when it came (16 bytes a record); a batch's events are read back from
-the segment files (in `/dev/shm`, a copy in memory), so the events are not held twice.
+record ends (among the payloads, and in its file) and when it came (24 bytes a record); a
+batch's events are read back from the segment files (in `/dev/shm`, a copy in memory),
+so the events are not held twice. The records of a frame lie side by side in its file:
+a batch is copied out a frame (or a run of them) at a time.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import numpy as np
 from core import segments
 
 _SEGMENT_SUFFIX = segments.SUFFIX
-_HEADER = segments.HEADER.size
 #: Batches are read back from the segment files this much at a time, into a buffer each
 #: log keeps: small enough to stay in cache for the copy off the frames (4 MiB took twice
 #: as long), and no fresh memory to fault in per read. Mapping the files instead cost
@@ -93,6 +94,7 @@ class SegmentLog:
         self._ends = array("q")
         self._base_pos = 0
         self._times = array("d")  # when each held record was appended (monotonic)
+        self._file_ends = array("q")  # where each held record's payload ends in its file
         self._scratch = bytearray()  # where batches are read back (see `read_joined`)
         self._fd: int | None = None
         self.cursors: dict[str, Cursor] = {}
@@ -127,6 +129,9 @@ class SegmentLog:
         positions += self._ends[start - self._base : end - self._base]
         pos = np.frombuffer(positions, dtype=np.int64)
         offsets = pos - pos[0]
+        file_ends = np.frombuffer(self._file_ends, dtype=np.int64)[
+            start - self._base : end - self._base
+        ]
         out = np.empty(int(offsets[-1]), dtype=np.uint8)
         target = out.data
         at = start
@@ -137,16 +142,9 @@ class SegmentLog:
                 continue
             stop = min(end, segment.end)
             i, j = at - start, stop - start
-            # Where each frame ends in the segment file: after its segment's earlier
-            # payloads and headers.
-            frame_ends = (
-                pos[i + 1 : j + 1]
-                - segment.pos
-                + _HEADER * np.arange(at - segment.base + 1, stop - segment.base + 1)
-            )
             fd = os.open(segment.path, os.O_RDONLY)
             try:
-                self._copy_payloads(fd, frame_ends, offsets[i : j + 1], target)
+                self._copy_payloads(fd, file_ends[i:j], offsets[i : j + 1], target)
             finally:
                 os.close(fd)
             at = stop
@@ -155,29 +153,41 @@ class SegmentLog:
         return out, offsets
 
     def _copy_payloads(
-        self, fd: int, frame_ends: np.ndarray, bounds: np.ndarray, target: memoryview
+        self, fd: int, file_ends: np.ndarray, bounds: np.ndarray, target: memoryview
     ) -> None:
-        """Copy the payloads of consecutive frames (ending at `frame_ends` in `fd`) to
-        `target[bounds[k]:bounds[k + 1]]`, reading at most `_READ_BYTES` at a time (or one
-        frame, if larger)."""
+        """Copy consecutive records' payloads (ending at `file_ends` in `fd`) to
+        `target[bounds[k]:bounds[k + 1]]`: a run of payloads side by side in the file (a
+        frame's) in one piece, reading at most `_READ_BYTES` at a time; a larger run is
+        read straight into place."""
+        sizes = np.diff(bounds)
+        file_starts = file_ends - sizes
+        # Runs: records whose payload starts where the one before it ends.
+        breaks = np.flatnonzero(file_starts[1:] != file_ends[:-1]) + 1
+        firsts = np.concatenate(([0], breaks))
+        lasts = np.concatenate((breaks, [len(file_ends)]))
+        run_starts, run_ends = file_starts[firsts], file_ends[lasts - 1]
+        run_bounds = bounds[np.concatenate((firsts, [len(file_ends)]))]
         first = 0
-        frame_start = int(frame_ends[0] - (bounds[1] - bounds[0]) - _HEADER)
-        while first < len(frame_ends):
-            last = int(np.searchsorted(frame_ends, frame_start + _READ_BYTES, side="right"))
-            last = max(last, first + 1)
-            size = int(frame_ends[last - 1]) - frame_start
+        while first < len(run_starts):
+            read_from = int(run_starts[first])
+            last = int(np.searchsorted(run_ends, read_from + _READ_BYTES, side="right"))
+            if last <= first:  # one run larger than the buffer: read straight into place
+                a, b = int(run_bounds[first]), int(run_bounds[first + 1])
+                if os.preadv(fd, [target[a:b]], read_from) != b - a:
+                    raise OSError(f"short read in the log {self.directory}")
+                first += 1
+                continue
+            size = int(run_ends[last - 1]) - read_from
             if len(self._scratch) < size:
-                self._scratch = bytearray(size)
+                self._scratch = bytearray(_READ_BYTES)
             view = memoryview(self._scratch)[:size]
-            if os.preadv(fd, [view], frame_start) != size:
+            if os.preadv(fd, [view], read_from) != size:
                 raise OSError(f"short read in the log {self.directory}")
-            # A payload lies between its frame's header and the frame's end.
-            ends = (frame_ends[first:last] - frame_start).tolist()
-            marks = bounds[first : last + 1].tolist()
-            for stop, a, b in zip(ends, marks, marks[1:], strict=False):
-                target[a:b] = view[stop - (b - a) : stop]
+            froms = (run_starts[first:last] - read_from).tolist()
+            marks = run_bounds[first : last + 1].tolist()
+            for begin, a, b in zip(froms, marks, marks[1:], strict=False):
+                target[a:b] = view[begin : begin + b - a]
             view.release()
-            frame_start += size
             first = last
 
     def appended_at(self, offset: int) -> float:
@@ -200,11 +210,13 @@ class SegmentLog:
 
     # -- writing -------------------------------------------------------------------
 
-    def append_records(self, lengths: Sequence[int], data: bytes) -> int:
-        """Store records already framed (`data`, taken from replicas' files; `lengths`
-        are their events' sizes), whatever the fill: they were acknowledged. Returns the
-        first offset."""
-        return self._write(lengths, data)
+    def append_records(
+        self, lengths: Sequence[int], data: bytes, counts: Sequence[int], overheads: Sequence[int]
+    ) -> int:
+        """Store frames taken whole from replicas' files (`data`; `lengths`: their events'
+        sizes; `counts`, `overheads`: each frame's events and bytes that are not payload),
+        whatever the fill: they were acknowledged. Returns the first offset."""
+        return self._write(lengths, data, counts, overheads)
 
     def append(self, payloads: list[bytes], *, force: bool = False) -> int:
         """Store `payloads` durably (as durable as the directory); returns the first offset.
@@ -219,9 +231,13 @@ class SegmentLog:
                 f"log {self.directory} holds {self.held_bytes} bytes of uncommitted events "
                 f"(capacity {self.capacity_bytes})"
             )
-        return self._write(lengths, segments.encode(payloads, time.monotonic_ns()))
+        data = segments.encode(payloads, time.monotonic_ns())
+        frames = segments.scan(data)
+        return self._write(lengths, data, frames.counts, frames.overheads)
 
-    def _write(self, lengths: Sequence[int], data: bytes) -> int:
+    def _write(
+        self, lengths: Sequence[int], data: bytes, counts: Sequence[int], overheads: Sequence[int]
+    ) -> int:
         first = self.end
         segment = self._segments[-1] if self._segments else None
         if segment is None or segment.size >= self.segment_bytes:
@@ -236,10 +252,13 @@ class SegmentLog:
         except OSError:
             os.ftruncate(self._fd, segment.size)  # back to the last whole record
             raise
+        payload_ends = np.cumsum(np.asarray(lengths, dtype=np.int64))
+        self._file_ends.frombytes(
+            _file_ends(segment.size, payload_ends, counts, overheads).tobytes()
+        )
+        self._ends.frombytes((payload_ends + self._pos(first)).tobytes())
         segment.size += len(data)
         segment.end += len(lengths)
-        ends = itertools.accumulate(lengths, initial=self._pos(first))
-        self._ends.extend(itertools.islice(ends, 1, None))
         self._times.extend(itertools.repeat(time.monotonic(), len(lengths)))
         return first
 
@@ -315,26 +334,32 @@ class SegmentLog:
             self._base_pos = self._ends[drop - 1]
             del self._ends[:drop]
             del self._times[:drop]
+            del self._file_ends[:drop]
             self._base = committed
 
     def _recover(self, sink_ids: list[str]) -> None:
         stored = {}
         for path in self.directory.glob("cursor.*"):
             stored[path.name.removeprefix("cursor.")] = int(path.read_text().strip() or 0)
-        segments = sorted(self.directory.glob(f"*{_SEGMENT_SUFFIX}"))
+        files = sorted(self.directory.glob(f"*{_SEGMENT_SUFFIX}"))
         lengths: list[int] = []
-        base = (segments and int(segments[0].name.removesuffix(_SEGMENT_SUFFIX))) or 0
+        base = (files and int(files[0].name.removesuffix(_SEGMENT_SUFFIX))) or 0
         expected = base
         position = 0
-        for path in segments:
+        for path in files:
             seg_base = int(path.name.removesuffix(_SEGMENT_SUFFIX))
             if seg_base != expected:
                 raise RuntimeError(f"log {self.directory}: segment {path.name} leaves a gap")
-            sizes, valid_size = _read_segment(path)
+            frames = segments.scan(path.read_bytes())
+            sizes = frames.lengths
+            valid_size = frames.ends[-1] if frames.ends else 0
             if valid_size < path.stat().st_size:
                 # A torn tail from a crash mid-write: it was never acknowledged.
                 os.truncate(path, valid_size)
             lengths += sizes
+            payload_ends = np.cumsum(np.asarray(sizes, dtype=np.int64))
+            file_ends = _file_ends(0, payload_ends, frames.counts, frames.overheads)
+            self._file_ends.frombytes(file_ends.tobytes())
             self._segments.append(
                 _Segment(seg_base, path, seg_base + len(sizes), valid_size, position)
             )
@@ -359,10 +384,14 @@ class SegmentLog:
         self._trim()
 
 
-def _read_segment(path: Path) -> tuple[list[int], int]:
-    """The payload sizes of a segment's whole records, and where the last ends."""
-    _stamps, ends = segments.scan(path.read_bytes())
-    return segments.payload_sizes(ends), (ends[-1] if ends else 0)
+def _file_ends(
+    at: int, payload_ends: np.ndarray, counts: Sequence[int], overheads: Sequence[int]
+) -> np.ndarray:
+    """Where each record's payload ends in a file whose frames (`counts` records each,
+    `overheads` bytes that are not payload) start at `at`; `payload_ends`: the running
+    sum of the records' sizes."""
+    framing = np.repeat(np.cumsum(np.asarray(overheads, dtype=np.int64)), counts)
+    return payload_ends + framing + at
 
 
 def _write_atomic(path: Path, text: str) -> None:

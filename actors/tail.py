@@ -1,8 +1,8 @@
 """`WriterTail`: a producer takes what the ingress replicas wrote to their segment files.
 
-Each `take` reads every writer's new whole records, merged in stamp order, up to a
-horizon taken before reading: a record stamped before the horizon was written before
-it, so it is seen in this take. Hence two events a client sent one after the other
+Each `take` reads every writer's new whole frames (group commits), merged in stamp order,
+up to a horizon taken before reading: a frame stamped before the horizon was written
+before it, so it is seen in this take. Hence two events a client sent one after the other
 (the second after the first's 200) come out in that order even when two replicas took
 them: the second's stamp is later than the first's write.
 
@@ -15,11 +15,12 @@ bytes were never acknowledged.
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -39,23 +40,24 @@ class Position:
 
 @dataclass
 class Taken:
-    """The records of one `take`, and where each writer's next record starts."""
+    """The frames of one `take`, and where each writer's next frame starts."""
 
     lengths: list[int]  # the sizes of the events, merged in stamp order
-    data: bytes  # the records, whole as written (see `core.segments`): one write
+    data: bytes  # the frames, whole as written (see `core.segments`): one write
+    counts: list[int]  # per frame of `data`: its events
+    overheads: list[int]  # per frame of `data`: its bytes that are not payload
     positions: dict[str, Position]
     pending_bytes: int  # written by replicas, not taken yet (past the horizon or partial)
 
 
 @dataclass
 class _Run:
-    """What one take found in one writer's files: its whole records up to the horizon."""
+    """What one take found in one writer's files: its whole frames up to the horizon."""
 
-    stamps: list[int]
-    lengths: list[int]
-    #: Each file read: its bytes, its records' ends there, and the run's index of its
-    #: first record.
-    chunks: list[tuple[bytes, list[int], int]]
+    frames: segments.Frames = field(default_factory=segments.Frames)
+    #: Each file read: its bytes, its frames' ends there, and the run's index of its
+    #: first frame.
+    chunks: list[tuple[bytes, list[int], int]] = field(default_factory=list)
 
 
 def _alive(pid_file: Path) -> bool:
@@ -72,8 +74,8 @@ def _alive(pid_file: Path) -> bool:
     return True
 
 
-def _group_bytes(run: _Run, first: int, end: int) -> list[bytes]:
-    """The bytes of records `[first, end)` of a run, as they lie in its files."""
+def _frame_bytes(run: _Run, first: int, end: int) -> list[bytes]:
+    """The bytes of frames `[first, end)` of a run, as they lie in its files."""
     starts = [c[2] for c in run.chunks]
     at = bisect.bisect_right(starts, first) - 1
     parts = []
@@ -86,24 +88,30 @@ def _group_bytes(run: _Run, first: int, end: int) -> list[bytes]:
     return parts
 
 
-def _merged(runs: list[_Run]) -> tuple[list[int], bytes]:
-    """The runs' records merged in stamp order (ties: writer order, then each writer's
-    own), group commit by group commit: the records of one group share their stamp, so
-    the merge and the bytes to write go by group, not by record."""
-    groups: list[tuple[int, int, int, int]] = []  # stamp, run, first record, end
+def _merged(runs: list[_Run]) -> tuple[list[int], bytes, list[int], list[int]]:
+    """The runs' frames merged in stamp order (ties: writer order, then each writer's
+    own): events' sizes, the frames' bytes, and each frame's events and overhead."""
+    groups: list[tuple[int, int, int, int]] = []  # stamp, run, first frame, end
     for order, run in enumerate(runs):
-        stamps, first = run.stamps, 0
+        stamps, first = run.frames.stamps, 0
         while first < len(stamps):
+            # An older Sluice's records of one group commit share their stamp: kept together.
             end = bisect.bisect_right(stamps, stamps[first], first)
             groups.append((stamps[first], order, first, end))
             first = end
     groups.sort()
+    records = [list(itertools.accumulate(r.frames.counts, initial=0)) for r in runs]
     lengths: list[int] = []
     parts: list[bytes] = []
+    counts: list[int] = []
+    overheads: list[int] = []
     for _stamp, order, first, end in groups:
-        lengths += runs[order].lengths[first:end]
-        parts += _group_bytes(runs[order], first, end)
-    return lengths, b"".join(parts)
+        frames = runs[order].frames
+        lengths += frames.lengths[records[order][first] : records[order][end]]
+        counts += frames.counts[first:end]
+        overheads += frames.overheads[first:end]
+        parts += _frame_bytes(runs[order], first, end)
+    return lengths, b"".join(parts), counts, overheads
 
 
 class WriterTail:
@@ -131,19 +139,19 @@ class WriterTail:
             run, position, left = self._take_writer(writer, horizon)
             positions[writer] = position
             pending += left
-            if run.stamps:
+            if run.frames.stamps:
                 runs.append(run)
         if len(runs) == 1:
-            run = runs[0]
-            data = b"".join(chunk[: ends[-1]] for chunk, ends, _ in run.chunks)
-            return Taken(run.lengths, data, positions, pending)
+            frames = runs[0].frames
+            data = b"".join(chunk[: ends[-1]] for chunk, ends, _ in runs[0].chunks)
+            return Taken(frames.lengths, data, frames.counts, frames.overheads, positions, pending)
         return Taken(*_merged(runs), positions, pending)
 
     def _take_writer(self, writer: str, horizon: int) -> tuple[_Run, Position, int]:
         directory = self.writers_dir / writer
         numbers = segments.segment_numbers(directory)
         position = self.positions.get(writer) or Position(numbers[0] if numbers else 0, 0)
-        run = _Run([], [], [])
+        run = _Run()
         pending = 0
         for index, number in enumerate(numbers):
             if number < position.segment:
@@ -155,15 +163,18 @@ class WriterTail:
                     data = f.read()
             except FileNotFoundError:
                 continue
-            stamps, ends = segments.scan(data)
+            found = segments.scan(data)
+            stamps, ends = found.stamps, found.ends
             whole = cut = len(stamps)
             while cut and stamps[cut - 1] >= horizon:
                 cut -= 1  # stamps only grow within a writer: the tail past the horizon waits
             if cut:
-                del stamps[cut:], ends[cut:]
-                run.chunks.append((data, ends, len(run.stamps)))
-                run.stamps += stamps
-                run.lengths += segments.payload_sizes(ends)
+                records = sum(found.counts[:cut]) if cut < whole else len(found.lengths)
+                run.chunks.append((data, ends[:cut], len(run.frames.stamps)))
+                run.frames.stamps += stamps[:cut]
+                run.frames.counts += found.counts[:cut]
+                run.frames.overheads += found.overheads[:cut]
+                run.frames.lengths += found.lengths[:records]
             used = ends[cut - 1] if cut else 0
             last = index == len(numbers) - 1
             if cut < whole or (last and used < len(data)):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from actors.log import LogFull, SegmentLog
+from core import segments
 
 
 def read(log: SegmentLog, start: int, end: int) -> list[bytes]:
@@ -121,3 +122,43 @@ def test_ranges_are_read_back_from_the_files_across_segments(tmp_path: Path) -> 
     log.close()
     reopened = SegmentLog(tmp_path, ["a", "b"], segment_bytes=4096)
     assert read(reopened, 4321, 5001) == [*sent[4321:], b"after"]
+
+
+def test_frames_taken_from_replicas_read_back_whole_and_in_part(tmp_path: Path) -> None:
+    # What a producer stores: replicas' group frames as they were written, here mixed
+    # with an older Sluice's one-record frames, over more than a read's buffer (1 MiB),
+    # so the copy goes a run of payloads at a time across reads and segments.
+    sent = [b'{"n":%d,"pad":"%s"}' % (i, b"y" * (i * 13 % 900)) for i in range(6000)]
+    parts, at = [], 0
+    while at < len(sent):
+        size = 1 + at % 40
+        if at % 3 == 0:  # an older Sluice's records: a frame each
+            for p in sent[at : at + size]:
+                crc = segments.crc32(at.to_bytes(8, "little") + p)
+                parts.append(segments.HEADER.pack(len(p), crc, at) + p)
+        else:
+            parts.append(segments.encode(sent[at : at + size], at))
+        at += size
+    data = b"".join(parts)
+    frames = segments.scan(data)
+    assert frames.ends[-1] == len(data) and frames.lengths == [len(p) for p in sent]
+    log = SegmentLog(tmp_path, ["a"], segment_bytes=1024 * 1024)
+    for at in range(0, len(frames.counts), 50):  # a take of 50 frames at a time
+        chunk = slice(at, at + 50)
+        start = sum(frames.counts[: chunk.start])
+        count = sum(frames.counts[chunk])
+        first = frames.ends[chunk.start - 1] if chunk.start else 0
+        log.append_records(
+            frames.lengths[start : start + count],
+            data[first : frames.ends[min(chunk.stop, len(frames.ends)) - 1]],
+            frames.counts[chunk],
+            frames.overheads[chunk],
+        )
+    assert len(list(tmp_path.glob("*.seg"))) > 1
+    big = [b'{"big":%d,"pad":"%s"}' % (i, b"z" * 900) for i in range(1500)]
+    log.append(big)  # one frame larger than a read's buffer: read straight into place
+    sent += big
+    for start, end in ((0, 7500), (1, 2), (17, 5999), (2999, 3001), (5990, 7400)):
+        assert read(log, start, end) == sent[start:end]
+    log.close()
+    assert read(SegmentLog(tmp_path, ["a"]), 0, 7500) == sent

@@ -47,16 +47,24 @@ def taken(tail: WriterTail) -> list[bytes]:
     return events(result)
 
 
-def test_records_carry_zlibs_crc32_so_files_of_an_older_sluice_still_read() -> None:
-    # zlib-ng computes the crc now; a record framed with the standard library's zlib (as
-    # before) is taken whole, and one of ours checks out with it.
+def test_frames_carry_zlibs_crc32_and_an_older_sluices_records_still_read() -> None:
+    # A group's frame is checked with zlib's crc32 (computed by zlib-ng). An older Sluice
+    # framed each record alone (stdlib zlib's crc, no count): such records, left in a
+    # log directory across an upgrade, are still taken whole, before and after ours.
     stamp, payload = 12345, b'{"event":"e"}'
-    data = segments.encode([payload], stamp)
-    length, crc, _ = segments.HEADER.unpack_from(data)
-    assert (length, crc) == (len(payload), zlib.crc32(stamp.to_bytes(8, "little") + payload))
-    old = segments.HEADER.pack(len(payload), crc, stamp) + payload
-    assert segments.decode(old * 2)[0] == [(stamp, payload)] * 2
+    data = segments.encode([payload, b"{}"], stamp)
+    size, crc, _ = segments.HEADER.unpack_from(data)
+    body = data[segments.HEADER.size :]
+    assert size == segments.GROUP | len(body)
+    assert crc == zlib.crc32(stamp.to_bytes(8, "little") + body)
+    old_crc = zlib.crc32(stamp.to_bytes(8, "little") + payload)
+    old = segments.HEADER.pack(len(payload), old_crc, stamp) + payload
+    assert segments.decode(old * 2 + data)[0] == [(stamp, payload)] * 3 + [(stamp, b"{}")]
     assert segments.decode(old[:-1] + b"x")[0] == []  # a corrupt record is still refused
+    assert segments.decode(data[:-1] + b"x")[0] == []  # and a corrupt group, whole
+    frames = segments.scan(old + data)
+    assert (frames.counts, frames.lengths) == ([1, 2], [len(payload), len(payload), 2])
+    assert frames.overheads == [segments.HEADER.size, segments.overhead(2)]
 
 
 def test_concurrent_requests_share_one_write_and_all_are_taken(tmp_path: Path) -> None:
@@ -119,7 +127,7 @@ def test_groups_of_two_writers_merge_by_stamp_with_the_bytes_to_write_in_that_or
 def test_segments_taken_whole_are_deleted_and_positions_survive_a_reopen(
     tmp_path: Path,
 ) -> None:
-    w = writer(tmp_path, segment_bytes=2000)
+    w = writer(tmp_path, segment_bytes=1000)
     for i in range(20):
         asyncio.run(w.append("page", payloads(f"b{i}", 10)))
     directory = next((tmp_path / "page" / segments.WRITERS).iterdir())
