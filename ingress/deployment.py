@@ -1,10 +1,9 @@
 """The Ray Serve deployment whose replicas serve HTTP themselves.
 
 Serve starts, places, health-checks and restarts the replicas; it routes no request.
-Each replica runs its own uvicorn (uvloop, httptools, an answer sent in one write: see
-`ingress/transport.py`) in a thread, on the public port opened with `SO_REUSEPORT`, so
-the kernel spreads connections over the replicas of a node with no proxy hop. Requests
-are stored by the replica's `SegmentWriter`.
+Each replica runs its own uvicorn (uvloop, httptools) in a thread, on the public port
+opened with `SO_REUSEPORT`, so the kernel spreads connections over the replicas of a
+node with no proxy hop. Requests are stored by the replica's `SegmentWriter`.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from core.model import DEADLETTER, RecordType
 from ingress import websocket
 from ingress.app import build_app
 from ingress.counters import ReplicaCounters
-from ingress.transport import HttpProtocol
 from ingress.writer import SegmentWriter
 
 logger = logging.getLogger("sluice.ingress")
@@ -65,7 +63,7 @@ class Ingress:
         server_config = uvicorn.Config(
             app,
             loop="uvloop",
-            http=HttpProtocol,  # httptools, an answer sent in one write
+            http="httptools",
             ws="websockets-sansio",
             ws_max_size=websocket.MAX_FRAME_BYTES,  # a bigger frame closes with 1009
             lifespan="off",

@@ -22,7 +22,6 @@ from core import config, segments
 from core.model import DEADLETTER
 from ingress import websocket
 from ingress.app import build_app
-from ingress.transport import HttpProtocol
 from ingress.writer import SegmentWriter
 from tests.ingress.test_writer import publish
 from tests.service import free_port
@@ -47,7 +46,6 @@ class Server:
             uvicorn.Config(
                 build_app(cfg, self.writer),
                 port=self.port,
-                http=HttpProtocol,  # as replicas serve: upgrades go through its TurnWriter
                 ws="websockets-sansio",
                 ws_max_size=websocket.MAX_FRAME_BYTES,
                 lifespan="off",
