@@ -231,9 +231,8 @@ class SegmentLog:
                 f"log {self.directory} holds {self.held_bytes} bytes of uncommitted events "
                 f"(capacity {self.capacity_bytes})"
             )
-        data = segments.encode(payloads, time.monotonic_ns())
-        frames = segments.scan(data)
-        return self._write(lengths, data, frames.counts, frames.overheads)
+        data = segments.encode(payloads, time.monotonic_ns())  # one frame
+        return self._write(lengths, data, [len(payloads)], [segments.overhead(len(payloads))])
 
     def _write(
         self, lengths: Sequence[int], data: bytes, counts: Sequence[int], overheads: Sequence[int]

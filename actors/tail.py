@@ -54,7 +54,10 @@ class Taken:
 class _Run:
     """What one take found in one writer's files: its whole frames up to the horizon."""
 
-    frames: segments.Frames = field(default_factory=segments.Frames)
+    stamps: list[int] = field(default_factory=list)  # per frame
+    counts: list[int] = field(default_factory=list)  # per frame: its events
+    overheads: list[int] = field(default_factory=list)  # per frame: bytes not payload
+    lengths: list[int] = field(default_factory=list)  # per event
     #: Each file read: its bytes, its frames' ends there, and the run's index of its
     #: first frame.
     chunks: list[tuple[bytes, list[int], int]] = field(default_factory=list)
@@ -93,24 +96,24 @@ def _merged(runs: list[_Run]) -> tuple[list[int], bytes, list[int], list[int]]:
     own): events' sizes, the frames' bytes, and each frame's events and overhead."""
     groups: list[tuple[int, int, int, int]] = []  # stamp, run, first frame, end
     for order, run in enumerate(runs):
-        stamps, first = run.frames.stamps, 0
+        stamps, first = run.stamps, 0
         while first < len(stamps):
             # An older Sluice's records of one group commit share their stamp: kept together.
             end = bisect.bisect_right(stamps, stamps[first], first)
             groups.append((stamps[first], order, first, end))
             first = end
     groups.sort()
-    records = [list(itertools.accumulate(r.frames.counts, initial=0)) for r in runs]
+    records = [list(itertools.accumulate(r.counts, initial=0)) for r in runs]
     lengths: list[int] = []
     parts: list[bytes] = []
     counts: list[int] = []
     overheads: list[int] = []
     for _stamp, order, first, end in groups:
-        frames = runs[order].frames
-        lengths += frames.lengths[records[order][first] : records[order][end]]
-        counts += frames.counts[first:end]
-        overheads += frames.overheads[first:end]
-        parts += _frame_bytes(runs[order], first, end)
+        run = runs[order]
+        lengths += run.lengths[records[order][first] : records[order][end]]
+        counts += run.counts[first:end]
+        overheads += run.overheads[first:end]
+        parts += _frame_bytes(run, first, end)
     return lengths, b"".join(parts), counts, overheads
 
 
@@ -139,12 +142,12 @@ class WriterTail:
             run, position, left = self._take_writer(writer, horizon)
             positions[writer] = position
             pending += left
-            if run.frames.stamps:
+            if run.stamps:
                 runs.append(run)
         if len(runs) == 1:
-            frames = runs[0].frames
-            data = b"".join(chunk[: ends[-1]] for chunk, ends, _ in runs[0].chunks)
-            return Taken(frames.lengths, data, frames.counts, frames.overheads, positions, pending)
+            one = runs[0]
+            data = b"".join(chunk[: ends[-1]] for chunk, ends, _ in one.chunks)
+            return Taken(one.lengths, data, one.counts, one.overheads, positions, pending)
         return Taken(*_merged(runs), positions, pending)
 
     def _take_writer(self, writer: str, horizon: int) -> tuple[_Run, Position, int]:
@@ -170,11 +173,11 @@ class WriterTail:
                 cut -= 1  # stamps only grow within a writer: the tail past the horizon waits
             if cut:
                 records = sum(found.counts[:cut]) if cut < whole else len(found.lengths)
-                run.chunks.append((data, ends[:cut], len(run.frames.stamps)))
-                run.frames.stamps += stamps[:cut]
-                run.frames.counts += found.counts[:cut]
-                run.frames.overheads += found.overheads[:cut]
-                run.frames.lengths += found.lengths[:records]
+                run.chunks.append((data, ends[:cut], len(run.stamps)))
+                run.stamps += stamps[:cut]
+                run.counts += found.counts[:cut]
+                run.overheads += found.overheads[:cut]
+                run.lengths += found.lengths[:records]
             used = ends[cut - 1] if cut else 0
             last = index == len(numbers) - 1
             if cut < whole or (last and used < len(data)):
