@@ -12,9 +12,9 @@ import itertools
 import logging
 from typing import Any
 
-import pyarrow as pa
 import ray
 
+from core import memory
 from core.config import SinkSpec
 from core.model import DEADLETTER
 from sinks import open_sink
@@ -31,7 +31,8 @@ class Consumer:
     def __init__(self, spec: SinkSpec, deadletters: SinkSpec | None = None) -> None:
         # Not `memory.return_large_frees`: each batch's large buffers would then be mapped
         # and unmapped, a page fault per 4 KiB touched (a fifth of the work on a file
-        # batch); `release_unused` after each batch gives back what the heap keeps.
+        # batch); the heap keeps them for the next batch instead.
+        memory.keep_batch_heap()
         arrow_allocates_with_malloc()
         self.spec = spec
         self.sink = open_sink(spec)
@@ -40,22 +41,16 @@ class Consumer:
         self.written = 0
 
     def write(self, batch: Batch) -> Delivered:
-        try:
-            if batch.record_type == DEADLETTER:
-                if self.deadletters is None:
-                    raise RuntimeError(f"{self.spec.uri}: this consumer has no dead-letter sink")
-                delivered = self.deadletters.write(batch)
-            elif self.selector is None:
-                delivered = self.sink.write(batch)
-            else:
-                chosen, kept, failed = self.selector.select(batch)
-                written = self.sink.write(chosen) if kept else Delivered()
-                delivered = mapped_back(written, kept, failed, batch.end - batch.start)
-        finally:
-            # What the allocator kept of a batch's columns and Parquet pages goes back
-            # (with malloc, Arrow calls malloc_trim): microseconds, against up to 150 MiB
-            # a Parquet consumer held.
-            pa.default_memory_pool().release_unused()
+        if batch.record_type == DEADLETTER:
+            if self.deadletters is None:
+                raise RuntimeError(f"{self.spec.uri}: this consumer has no dead-letter sink")
+            delivered = self.deadletters.write(batch)
+        elif self.selector is None:
+            delivered = self.sink.write(batch)
+        else:
+            chosen, kept, failed = self.selector.select(batch)
+            written = self.sink.write(chosen) if kept else Delivered()
+            delivered = mapped_back(written, kept, failed, batch.end - batch.start)
         self.written += batch.end - batch.start
         return delivered
 
