@@ -119,8 +119,8 @@ def test_a_consumer_reuses_one_batchs_freed_buffers_for_the_next() -> None:
         before = rss()
         batch([8 << 20, 6 << 20, 4 << 20, 2 << 20] + [1 << 20] * 4)  # 24 MiB, faulted in once
         first = faults()
-        for round in range(8):
-            batch([8 << 20, 6 << 20, 4 << 20, 2 << 20][round % 4 :] + [1 << 20] * 4)
+        for turn in range(8):
+            batch([8 << 20, 6 << 20, 4 << 20, 2 << 20][turn % 4 :] + [1 << 20] * 4)
         refaulted = faults() - first
         kept = rss() - before
         big = pa.allocate_buffer(memory.BATCH_HEAP_BYTES)
