@@ -123,12 +123,43 @@ def parse_json_value(body: bytes) -> Any:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise IngressError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
-    # Counting brackets is C-fast and bounds the depth; walk the tree only past the cap.
-    if body.count(b"{") + body.count(b"[") > MAX_DEPTH and _nested_deeper(data, MAX_DEPTH):
+    if _depth_exceeds(body, data, MAX_DEPTH):
         raise IngressError(
             400, "too_deep", f"JSON nesting is deeper than {MAX_DEPTH} levels; flatten the event"
         )
     return data
+
+
+#: Every byte but the quote and the brackets, deleted by `bytes.translate`.
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'"{}[]')))
+_OPENS_CLOSES = bytes.maketrans(b"[]", b"{}")
+
+
+def _depth_exceeds(body: bytes, data: Any, limit: int) -> bool:
+    """Whether the brackets of `body`, JSON that parsed into `data`, nest deeper than `limit`: found
+    in the bytes with C-fast `bytes` methods, a tenth of a walk over the parsed tree.
+
+    Escapes go first (a `\\"` is no quote). What is left of the strings is their quotes
+    and the brackets inside them: an empty string's `""` goes, and where two strings
+    with nothing between them lose the quotes they share, their contents join one
+    string. Brackets inside strings are rare; then the tree is walked. Else one pass of
+    `replace` takes away the innermost pairs: a body nests as deep as the passes that
+    empty it.
+    """
+    if b"\\" in body:
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    shape = body.translate(None, _NOT_STRUCTURE)
+    if shape.count(b"{") + shape.count(b"[") <= limit:  # nearly every single event
+        return False
+    shape = shape.replace(b'""', b"")
+    if b'"' in shape:
+        return _nested_deeper(data, limit)
+    shape = shape.translate(_OPENS_CLOSES)
+    for _ in range(limit):
+        if not shape:
+            return False
+        shape = shape.replace(b"{}", b"")
+    return bool(shape)
 
 
 _CONTAINERS = (dict, list)

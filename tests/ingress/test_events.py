@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import json
+import random
 from datetime import UTC, datetime
 
 import orjson
@@ -183,6 +185,43 @@ def test_bad_json_bodies(body: bytes) -> None:
     with pytest.raises(IngressError) as info:
         events.parse_json(body)
     assert info.value.status == 400 and info.value.code == "invalid_json"
+
+
+#: Strings that hold quotes and backslashes, and some that hold brackets too.
+_PLAIN = ["", "q", 'x\\"', "\\\\", '\\\\"', "\\n"]
+_BRACKETED = [*_PLAIN, "a{", "]", 'x\\"{', '\\"}', "[]"]
+
+
+def _nest(value: object, rng: random.Random, levels: int, texts: list[str]) -> object:
+    """`value` wrapped `levels` times, with `texts`, empty strings and empty containers
+    beside it."""
+    for _ in range(levels):
+        wrap = rng.randrange(5)
+        if wrap == 0:
+            value = [value]
+        elif wrap == 1:
+            value = {rng.choice(texts): value, "e": rng.choice(texts)}
+        elif wrap == 2:
+            value = [1, rng.choice(texts), value, {}, []]
+        elif wrap == 3:
+            value = {"": value, "k": [rng.choice(texts)]}
+        else:
+            value = {"z": value}
+    return value
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nesting_read_off_the_bytes_is_the_parsed_trees(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(400):
+        texts = rng.choice([_PLAIN, _BRACKETED])
+        inner = rng.choice(["", "q", 1, {}, *texts])
+        body = orjson.dumps(_nest(inner, rng, rng.randrange(50, 80), texts))
+        if rng.random() < 0.5:  # escapes written as \uXXXX too
+            body = json.dumps(orjson.loads(body), ensure_ascii=True).encode()
+        data = orjson.loads(body)
+        for limit in (rng.randrange(40, 80), events.MAX_DEPTH):
+            assert events._depth_exceeds(body, data, limit) == events._nested_deeper(data, limit)
 
 
 def test_long_time_texts_are_refused_without_being_cached() -> None:
