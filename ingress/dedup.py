@@ -51,6 +51,9 @@ _SLOT = struct.Struct("<Q")
 _VECTOR_FROM = 8
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
+#: A bucket's `SLOTS` flags (bytes) read as one word, times this: their sum in the top byte.
+_BYTE_SUM = np.uint64(0x0101010101010101)
+assert SLOTS == 8, "a bucket's flags are read as one 8-byte word"
 #: Rounds of placing a request's ids: ids that chose one bucket take turns, one a round.
 _ROUNDS = 4
 
@@ -88,7 +91,8 @@ class Lookup:
 
     Made once per request by `SeenIds.lookup`: `seen` for the answer, then
     `SeenIds.add` for the ids that were stored. A few ids are worked out in Python,
-    many with numpy.
+    many with numpy; for many, the lookup's gather also places them, and `add` writes
+    them where placed (83 -> 66 µs for 100 new ids against a full-size table).
     """
 
     def __init__(
@@ -103,6 +107,10 @@ class Lookup:
         self.pairs = pairs  # many ids: both buckets of each, one row an id
         self.fingerprints = fingerprints
         self.seen: list[bool] = []
+        # Many ids: where each goes in slice `number` (the emptier of its buckets, that
+        # bucket's first empty slot, -1 when both are full), read in the lookup's gather.
+        self.number: int | None = None
+        self.slots: np.ndarray | None = None
 
 
 class _Slice:
@@ -175,6 +183,25 @@ class _Slice:
             placed += len(firsts)
             pending = np.delete(pending, firsts)
         return placed
+
+    def put_placed(self, slots: np.ndarray, pairs: np.ndarray, fingerprints: np.ndarray) -> int:
+        """Write fingerprints where their lookup placed them (`slots`: word numbers; -1,
+        both buckets full: passes unremembered). A slot taken since (another request or
+        replica), or chosen by two ids of this request, leaves its id to `add_many`.
+        Returns how many went in."""
+        words = self.words.reshape(-1)
+        placed = slots >= 0
+        free = placed.copy()
+        free[placed] = words[slots[placed]] == 0
+        targets, fps = slots[free], fingerprints[free]
+        words[targets] = fps
+        won = words[targets] == fps  # of two ids on one slot, the last write stays
+        count = int(won.sum())
+        if count == int(placed.sum()):
+            return count
+        free[np.flatnonzero(free)[~won]] = False
+        again = placed & ~free
+        return count + self.add_many(pairs[again], fingerprints[again])
 
     def close(self) -> None:
         del self.words
@@ -265,10 +292,33 @@ class SeenIds:
             ]
         # Both buckets of every id in one gather a slice.
         fps = np.asarray(found.fingerprints)[:, None, None]
-        hits = [(s.words[found.pairs] == fps).any(axis=(1, 2)) for s in slices]
-        if not hits:
+        gathered = [s.words[found.pairs] for s in slices]
+        if not gathered:
             return [False] * len(fps)
-        return list((hits[0] | hits[1] if len(hits) == 2 else hits[0]).tolist())
+        if slices[0] is self.slices.get(now):
+            self._place(found, gathered[0], now)
+        # An id's 16 comparisons, as bytes, read as two words: any set is a hit.
+        hits = [(g == fps).view(np.uint64)[:, :, 0] for g in gathered]
+        words = hits[0] | hits[1] if len(hits) == 2 else hits[0]
+        return list(((words[:, 0] | words[:, 1]) != 0).tolist())
+
+    @staticmethod
+    def _place(found: Lookup, buckets: np.ndarray, number: int) -> None:
+        """Where each id of `found` goes in slice `number`, from its `buckets` as the
+        lookup gathered them: `add` writes there without reading the table again.
+
+        A bucket fills from its first slot on (nothing is taken out), so its first empty
+        slot is its count of fingerprints: the 8 bytes of its slots' `!= 0` read as one
+        word, times 0x0101..., leave that sum in the top byte.
+        """
+        assert found.pairs is not None
+        taken = (buckets != 0).view(np.uint64)[:, :, 0]  # (ids, 2 buckets)
+        fill = (taken * _BYTE_SUM) >> np.uint64(56)
+        pairs = found.pairs
+        bucket = np.where(fill[:, 1] < fill[:, 0], pairs[:, 1], pairs[:, 0])  # ties: the first
+        least = np.minimum(fill[:, 0], fill[:, 1]).astype(np.intp)
+        found.slots = np.where(least < SLOTS, bucket * SLOTS + least, -1)
+        found.number = number
 
     def add(self, found: Lookup, stored: list[bool] | None = None) -> None:
         """Remember the ids of `found` that were stored just now (all, or where `stored`),
@@ -282,11 +332,15 @@ class SeenIds:
                 ids = [i for i, keep in zip(ids, stored, strict=True) if keep]
             current.count(sum(current.add(*i) for i in ids))
             return
-        pairs, fps = found.pairs, np.asarray(found.fingerprints)
+        pairs, fps, slots = found.pairs, np.asarray(found.fingerprints), found.slots
         if stored is not None:
             keep = np.array(stored, dtype=bool)
             pairs, fps = pairs[keep], fps[keep]
-        current.count(current.add_many(pairs, fps))
+            slots = None if slots is None else slots[keep]
+        if slots is None or found.number != int(time.time() // self.window_s):
+            current.count(current.add_many(pairs, fps))  # a new slice since the lookup
+            return
+        current.count(current.put_placed(slots, pairs, fps))
 
     def close(self) -> None:
         for s in self.slices.values():

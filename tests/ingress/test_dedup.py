@@ -52,6 +52,22 @@ def test_few_and_many_ids_share_one_layout_and_only_stored_ids_are_added(
     ]
 
 
+def test_ids_placed_by_lookups_before_either_add_all_go_in(tmp_path: Path) -> None:
+    # A lookup says where each id goes; requests in flight together pick the same empty
+    # slots (32 buckets: ids of one request share buckets too). Every id still goes in.
+    seen = SeenIds(tmp_path, window_s=3600, capacity=200)
+    assert seen.buckets == 32
+    first = seen.lookup("web", [f"a-{i}" for i in range(50)])
+    second = seen.lookup("web", [f"b-{i}" for i in range(50)])
+    seen.add(first)
+    seen.add(second)
+    ids = [f"a-{i}" for i in range(50)] + [f"b-{i}" for i in range(50)]
+    assert all(seen.lookup("web", ids).seen)
+    (current,) = [s for n, s in seen.slices.items() if n == int(time.time() // 3600)]
+    assert current.added == 100
+    assert int((current.words != 0).sum()) == 100  # no fingerprint written over another
+
+
 def test_no_false_positives_among_many_new_ids(tmp_path: Path) -> None:
     seen = SeenIds(tmp_path, window_s=3600, capacity=200_000)
     seen.add(seen.lookup("web", [f"old-{i}" for i in range(100_000)]))
