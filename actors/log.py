@@ -35,6 +35,9 @@ import numpy as np
 
 from core import segments
 
+#: Buffers one `writev` takes (the kernel's IOV_MAX).
+_IOV_MAX = os.sysconf("SC_IOV_MAX")
+
 _SEGMENT_SUFFIX = segments.SUFFIX
 #: Batches are read back from the segment files this much at a time, into a buffer each
 #: log keeps: small enough to stay in cache for the copy off the frames (4 MiB took twice
@@ -211,12 +214,17 @@ class SegmentLog:
     # -- writing -------------------------------------------------------------------
 
     def append_records(
-        self, lengths: Sequence[int], data: bytes, counts: Sequence[int], overheads: Sequence[int]
+        self,
+        lengths: Sequence[int],
+        parts: Sequence[bytes | memoryview],
+        counts: Sequence[int],
+        overheads: Sequence[int],
     ) -> int:
-        """Store frames taken whole from replicas' files (`data`; `lengths`: their events'
-        sizes; `counts`, `overheads`: each frame's events and bytes that are not payload),
-        whatever the fill: they were acknowledged. Returns the first offset."""
-        return self._write(lengths, data, counts, overheads)
+        """Store frames taken whole from replicas' files (`parts`, their bytes in order;
+        `lengths`: their events' sizes; `counts`, `overheads`: each frame's events and
+        bytes that are not payload), whatever the fill: they were acknowledged. Returns
+        the first offset."""
+        return self._write(lengths, parts, counts, overheads)
 
     def append(self, payloads: list[bytes], *, force: bool = False) -> int:
         """Store `payloads` durably (as durable as the directory); returns the first offset.
@@ -232,20 +240,29 @@ class SegmentLog:
                 f"(capacity {self.capacity_bytes})"
             )
         data = segments.encode(payloads, time.monotonic_ns())  # one frame
-        return self._write(lengths, data, [len(payloads)], [segments.overhead(len(payloads))])
+        return self._write(lengths, [data], [len(payloads)], [segments.overhead(len(payloads))])
 
     def _write(
-        self, lengths: Sequence[int], data: bytes, counts: Sequence[int], overheads: Sequence[int]
+        self,
+        lengths: Sequence[int],
+        parts: Sequence[bytes | memoryview],
+        counts: Sequence[int],
+        overheads: Sequence[int],
     ) -> int:
         first = self.end
         segment = self._segments[-1] if self._segments else None
         if segment is None or segment.size >= self.segment_bytes:
             segment = self._open_segment(first, self._pos(first))
         assert self._fd is not None
+        size = 0
         try:
-            written = os.write(self._fd, data)
-            if written != len(data):
-                raise OSError(f"short write: {written} of {len(data)} bytes")
+            for at in range(0, len(parts), _IOV_MAX):  # `writev` takes this many at most
+                chunk = parts[at : at + _IOV_MAX]
+                want = sum(map(len, chunk))
+                written = os.writev(self._fd, chunk)
+                if written != want:
+                    raise OSError(f"short write: {written} of {want} bytes")
+                size += written
             if self.fsync:
                 os.fsync(self._fd)
         except OSError:
@@ -256,7 +273,7 @@ class SegmentLog:
             _file_ends(segment.size, payload_ends, counts, overheads).tobytes()
         )
         self._ends.frombytes((payload_ends + self._pos(first)).tobytes())
-        segment.size += len(data)
+        segment.size += size
         segment.end += len(lengths)
         self._times.extend(itertools.repeat(time.monotonic(), len(lengths)))
         return first

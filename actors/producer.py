@@ -151,7 +151,7 @@ class Producer:
         self.pending_bytes = taken.pending_bytes
         if taken.lengths:
             # Already acknowledged: stored whatever the fill (replicas stop at capacity).
-            self.log.append_records(taken.lengths, taken.data, taken.counts, taken.overheads)
+            self.log.append_records(taken.lengths, taken.parts, taken.counts, taken.overheads)
             self._stored(len(taken.lengths))
         # Saved when it moved; once a second anyway, to clear writers that died.
         tidy = self._tidy_due()

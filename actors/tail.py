@@ -43,11 +43,18 @@ class Taken:
     """The frames of one `take`, and where each writer's next frame starts."""
 
     lengths: list[int]  # the sizes of the events, merged in stamp order
-    data: bytes  # the frames, whole as written (see `core.segments`): one write
-    counts: list[int]  # per frame of `data`: its events
-    overheads: list[int]  # per frame of `data`: its bytes that are not payload
+    #: The frames, whole as written (see `core.segments`): views of the bytes read, in
+    #: order, for one `writev` (no copy in between).
+    parts: list[memoryview]
+    counts: list[int]  # per frame: its events
+    overheads: list[int]  # per frame: its bytes that are not payload
     positions: dict[str, Position]
     pending_bytes: int  # written by replicas, not taken yet (past the horizon or partial)
+
+    @property
+    def data(self) -> bytes:
+        """The frames as one `bytes`."""
+        return b"".join(self.parts)
 
 
 @dataclass
@@ -77,8 +84,8 @@ def _alive(pid_file: Path) -> bool:
     return True
 
 
-def _frame_bytes(run: _Run, first: int, end: int) -> list[bytes]:
-    """The bytes of frames `[first, end)` of a run, as they lie in its files."""
+def _frame_bytes(run: _Run, first: int, end: int) -> list[memoryview]:
+    """The bytes of frames `[first, end)` of a run, as they lie in its files (views)."""
     starts = [c[2] for c in run.chunks]
     at = bisect.bisect_right(starts, first) - 1
     parts = []
@@ -86,14 +93,15 @@ def _frame_bytes(run: _Run, first: int, end: int) -> list[bytes]:
         data, ends, base = run.chunks[at]
         stop = min(end, base + len(ends))
         begin = ends[first - base - 1] if first > base else 0
-        parts.append(data[begin : ends[stop - base - 1]])
+        parts.append(memoryview(data)[begin : ends[stop - base - 1]])
         first, at = stop, at + 1
     return parts
 
 
-def _merged(runs: list[_Run]) -> tuple[list[int], bytes, list[int], list[int]]:
+def _merged(runs: list[_Run]) -> tuple[list[int], list[memoryview], list[int], list[int]]:
     """The runs' frames merged in stamp order (ties: writer order, then each writer's
-    own): events' sizes, the frames' bytes, and each frame's events and overhead."""
+    own): events' sizes, the frames' bytes (views, in order), and each frame's events
+    and overhead."""
     groups: list[tuple[int, int, int, int]] = []  # stamp, run, first frame, end
     for order, run in enumerate(runs):
         stamps, first = run.stamps, 0
@@ -105,7 +113,7 @@ def _merged(runs: list[_Run]) -> tuple[list[int], bytes, list[int], list[int]]:
     groups.sort()
     records = [list(itertools.accumulate(r.counts, initial=0)) for r in runs]
     lengths: list[int] = []
-    parts: list[bytes] = []
+    parts: list[memoryview] = []
     counts: list[int] = []
     overheads: list[int] = []
     for _stamp, order, first, end in groups:
@@ -114,7 +122,7 @@ def _merged(runs: list[_Run]) -> tuple[list[int], bytes, list[int], list[int]]:
         counts += run.counts[first:end]
         overheads += run.overheads[first:end]
         parts += _frame_bytes(run, first, end)
-    return lengths, b"".join(parts), counts, overheads
+    return lengths, parts, counts, overheads
 
 
 class WriterTail:
@@ -146,8 +154,8 @@ class WriterTail:
                 runs.append(run)
         if len(runs) == 1:
             one = runs[0]
-            data = b"".join(chunk[: ends[-1]] for chunk, ends, _ in one.chunks)
-            return Taken(one.lengths, data, one.counts, one.overheads, positions, pending)
+            parts = [memoryview(chunk)[: ends[-1]] for chunk, ends, _ in one.chunks]
+            return Taken(one.lengths, parts, one.counts, one.overheads, positions, pending)
         return Taken(*_merged(runs), positions, pending)
 
     def _take_writer(self, writer: str, horizon: int) -> tuple[_Run, Position, int]:

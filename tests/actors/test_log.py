@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from actors import log as log_module
 from actors.log import LogFull, SegmentLog
 from core import segments
 
@@ -143,17 +144,21 @@ def test_frames_taken_from_replicas_read_back_whole_and_in_part(tmp_path: Path) 
     frames = segments.scan(data)
     assert frames.ends[-1] == len(data) and frames.lengths == [len(p) for p in sent]
     log = SegmentLog(tmp_path, ["a"], segment_bytes=1024 * 1024)
-    for at in range(0, len(frames.counts), 50):  # a take of 50 frames at a time
-        chunk = slice(at, at + 50)
+    starts = [0, *frames.ends]
+    view = memoryview(data)
+    # Takes of 50 frames, then one of more frames than a `writev` takes (IOV_MAX, 1,024
+    # here): each frame its own view, as a producer merges two writers' frames.
+    for chunk in [slice(at, at + 50) for at in range(0, 1000, 50)] + [slice(1000, None)]:
         start = sum(frames.counts[: chunk.start])
         count = sum(frames.counts[chunk])
-        first = frames.ends[chunk.start - 1] if chunk.start else 0
+        ends = frames.ends[chunk]
         log.append_records(
             frames.lengths[start : start + count],
-            data[first : frames.ends[min(chunk.stop, len(frames.ends)) - 1]],
+            [view[starts[i] : end] for i, end in enumerate(ends, chunk.start)],
             frames.counts[chunk],
             frames.overheads[chunk],
         )
+    assert len(frames.ends) - 1000 > log_module._IOV_MAX
     assert len(list(tmp_path.glob("*.seg"))) > 1
     big = [b'{"big":%d,"pad":"%s"}' % (i, b"z" * 900) for i in range(1500)]
     log.append(big)  # one frame larger than a read's buffer: read straight into place
