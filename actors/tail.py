@@ -51,11 +51,6 @@ class Taken:
     positions: dict[str, Position]
     pending_bytes: int  # written by replicas, not taken yet (past the horizon or partial)
 
-    @property
-    def data(self) -> bytes:
-        """The frames as one `bytes`."""
-        return b"".join(self.parts)
-
 
 @dataclass
 class _Run:

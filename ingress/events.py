@@ -136,8 +136,9 @@ _OPENS_CLOSES = bytes.maketrans(b"[]", b"{}")
 
 
 def _depth_exceeds(body: bytes, data: Any, limit: int) -> bool:
-    """Whether the brackets of `body`, JSON that parsed into `data`, nest deeper than `limit`: found
-    in the bytes with C-fast `bytes` methods, a tenth of a walk over the parsed tree.
+    """Whether the brackets of `body`, JSON that parsed into `data`, nest deeper than
+    `limit`: found in the bytes with C-fast `bytes` methods, a third of the time of a walk
+    over the parsed tree.
 
     Escapes go first (a `\\"` is no quote). What is left of the strings is their quotes
     and the brackets inside them: an empty string's `""` goes, and where two strings

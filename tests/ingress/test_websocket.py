@@ -69,7 +69,7 @@ class Server:
 
     def stored(self, log: str = "track") -> list[dict[str, Any]]:
         """Every event in `log`'s segment files, in the order the producer takes them."""
-        records, _ = segments.decode(WriterTail(self.root / log).take().data)
+        records, _ = segments.decode(b"".join(WriterTail(self.root / log).take().parts))
         return [orjson.loads(payload) for _, payload in records]
 
 

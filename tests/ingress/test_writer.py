@@ -36,7 +36,7 @@ def payloads(tag: str, n: int) -> list[bytes]:
 
 def events(taken: Taken) -> list[bytes]:
     """The events of a take, from the records it hands the producer's log."""
-    records, _ = segments.decode(taken.data)
+    records, _ = segments.decode(b"".join(taken.parts))
     assert [len(payload) for _, payload in records] == taken.lengths
     return [payload for _, payload in records]
 
@@ -114,7 +114,7 @@ def test_groups_of_two_writers_merge_by_stamp_with_the_bytes_to_write_in_that_or
     result = WriterTail(tmp_path / "track").take(horizon_ns=10)
     expected = ["a1", "a2", "b1", "a3", "a4", "b2", "b3", "b4", "a5", "a6"]
     assert [p.decode() for p in events(result)] == expected
-    records, _ = segments.decode(result.data)  # what the producer's log writes
+    records, _ = segments.decode(b"".join(result.parts))  # what the producer's log writes
     assert [stamp for stamp, _ in records] == [1, 1, 2, 3, 3, 3, 3, 4, 5, 5]
     # A horizon cuts between groups: what is stamped at or after it waits.
     assert [p.decode() for p in events(WriterTail(tmp_path / "track").take(horizon_ns=3))] == [
