@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,7 +31,7 @@ from starlette.websockets import WebSocket
 
 from core.config import Config
 from core.model import DEADLETTER, RecordType
-from ingress import cdn, debugger, events
+from ingress import cdn, debugger, events, typed
 from ingress.auth import WriteKeys
 from ingress.cors import CorsPolicy
 from ingress.counters import ReplicaCounters
@@ -353,21 +354,53 @@ def _answer(state: IngressState, parsed: events.Parsed, single: bool) -> tuple[i
 async def _ingest(state: IngressState, request: Request, endpoint: str) -> Response:
     limit = events.MAX_BATCH_BYTES if endpoint == "batch" else events.MAX_EVENT_BYTES
     body = await read_body(request, limit, state.config.body_timeout_s)
-    data = events.parse_json(body)
-    source = state.keys.source_of(request.headers.get("authorization"), data)
+    found = typed.decode(body, endpoint)
+    if found is None:
+        data = events.parse_json(body)
+        source = state.keys.source_of(request.headers.get("authorization"), data)
+        check_origin(state, request.headers.get("origin"), source)
+        status, answer = await accept_and_store(state, data, endpoint, source, client_ip(request))
+        return json_response(status, answer)
+    source = state.keys.source_of(request.headers.get("authorization"), found.key_body)
     check_origin(state, request.headers.get("origin"), source)
-    status, answer = await accept_and_store(state, data, endpoint, source, client_ip(request))
+    rule = state.rules[source]
+    record_type = None if endpoint == "batch" else endpoint
+    _check_rate(rule, len(found.batch))
+    times = events.Times(datetime.now(UTC), found.sent_at)
+    prepared = None
+    if typed.takes(state.enrichment, rule.plan is not None):
+        prepared = typed.prepare(
+            found, body, times, record_type=record_type, allowed_types=rule.allowed_types
+        )
+    if prepared is None:  # the request as `events.accept` takes it, already counted
+        data = events.parse_json(body)
+        status, answer = await accept_and_store(
+            state, data, endpoint, source, client_ip(request), rated=True
+        )
+        return json_response(status, answer)
+    parsed = typed.accept(
+        prepared, times, source=source, ip=client_ip(request), enrichment=state.enrichment
+    )
+    status, answer = await _stored(state, parsed, source, single=record_type is not None)
     return json_response(status, answer)
 
 
 async def accept_and_store(
-    state: IngressState, data: dict[str, Any], endpoint: str, source: str, ip: str | None
+    state: IngressState,
+    data: dict[str, Any],
+    endpoint: str,
+    source: str,
+    ip: str | None,
+    *,
+    rated: bool = False,
 ) -> tuple[int, dict[str, Any]]:
     """Validate, enrich and store the events of one request (`endpoint`: a record type or
-    "batch") from `source`: the status and body to answer once they are stored."""
+    "batch") from `source`: the status and body to answer once they are stored. `rated`:
+    the request's events were counted against the source's rate limit already."""
     rule = state.rules[source]
     items, record_type = _events_of(data, endpoint)
-    _check_rate(rule, len(items))
+    if not rated:
+        _check_rate(rule, len(items))
     parsed = events.accept(
         items,
         record_type=record_type,
@@ -379,13 +412,20 @@ async def accept_and_store(
         reject_violations=rule.reject_violations,
         enrichment=state.enrichment,
     )
+    return await _stored(state, parsed, source, single=record_type is not None)
+
+
+async def _stored(
+    state: IngressState, parsed: events.Parsed, source: str, *, single: bool
+) -> tuple[int, dict[str, Any]]:
+    """Store what `parsed` accepted (its repeats taken out); the status and body to answer."""
     for r in parsed.rejected:
         state.counters.add("sluice_events_rejected", r.code)
     fresh = _drop_duplicates(state, state.dedup, parsed, source) if state.dedup else None
-    await _store(state, parsed, source, bulk=record_type is None)
+    await _store(state, parsed, source, bulk=not single)
     if state.dedup is not None and fresh is not None:
         state.dedup.add(*fresh)
-    return _answer(state, parsed, single=record_type is not None)
+    return _answer(state, parsed, single=single)
 
 
 def _drop_duplicates(

@@ -36,7 +36,7 @@ MAX_HEADER_BYTES = 16 * 1024
 _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
 # Plain strings: comparing a record type with an enum member goes through the enum (a
 # tenth of `validate`'s time).
-_TRACK, _GROUP, _ALIAS = RecordType.TRACK.value, RecordType.GROUP.value, RecordType.ALIAS.value
+TRACK, GROUP, ALIAS = RecordType.TRACK.value, RecordType.GROUP.value, RecordType.ALIAS.value
 #: Ids are strings; integers are taken too (as text) up to JavaScript's safe 2**53 - 1,
 #: past which JSON parsers lose digits silently.
 MAX_ID_INT = 2**53 - 1
@@ -136,16 +136,21 @@ _OPENS_CLOSES = bytes.maketrans(b"[]", b"{}")
 
 
 def _depth_exceeds(body: bytes, data: Any, limit: int) -> bool:
-    """Whether the brackets of `body`, JSON that parsed into `data`, nest deeper than
-    `limit`: found in the bytes with C-fast `bytes` methods, a third of the time of a walk
-    over the parsed tree.
+    """Whether `body`, JSON that parsed into `data`, nests deeper than `limit`."""
+    found = depth_from_bytes(body, limit)
+    return _nested_deeper(data, limit) if found is None else found
+
+
+def depth_from_bytes(body: bytes, limit: int) -> bool | None:
+    """Whether the brackets of JSON `body` nest deeper than `limit`, found in the bytes
+    with C-fast `bytes` methods (a third of the time of a walk over the parsed tree);
+    None when brackets inside strings leave it to that walk.
 
     Escapes go first (a `\\"` is no quote). What is left of the strings is their quotes
     and the brackets inside them: an empty string's `""` goes, and where two strings
     with nothing between them lose the quotes they share, their contents join one
-    string. Brackets inside strings are rare; then the tree is walked. Else one pass of
-    `replace` takes away the innermost pairs: a body nests as deep as the passes that
-    empty it.
+    string. Brackets inside strings are rare. Else one pass of `replace` takes away the
+    innermost pairs: a body nests as deep as the passes that empty it.
     """
     if b"\\" in body:
         body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
@@ -154,7 +159,7 @@ def _depth_exceeds(body: bytes, data: Any, limit: int) -> bool:
         return False
     shape = shape.replace(b'""', b"")
     if b'"' in shape:
-        return _nested_deeper(data, limit)
+        return None
     shape = shape.translate(_OPENS_CLOSES)
     for _ in range(limit):
         if not shape:
@@ -209,16 +214,16 @@ def _parse_time(value: Any, name: str) -> tuple[datetime, str] | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise _Invalid("invalid_timestamp", f"{name} must be an ISO-8601 string")
+        raise Invalid("invalid_timestamp", f"{name} must be an ISO-8601 string")
     if len(value) > MAX_TIME_CHARS:  # never a cache key: 4,096 of 32 KB would hold 128 MB
-        raise _Invalid("invalid_timestamp", f"{name} {_clip(value)} is not ISO-8601")
+        raise Invalid("invalid_timestamp", f"{name} {_clip(value)} is not ISO-8601")
     parsed = _parsed_time(value)
     if parsed is None:
-        raise _Invalid("invalid_timestamp", f"{name} {_clip(value)} is not ISO-8601")
+        raise Invalid("invalid_timestamp", f"{name} {_clip(value)} is not ISO-8601")
     return parsed
 
 
-class _Invalid(Exception):
+class Invalid(Exception):
     def __init__(
         self, code: str, message: str, violations: list[dict[str, str]] | None = None
     ) -> None:
@@ -247,14 +252,14 @@ def _id_text(value: Any) -> str | None:
 def _require_id(event: dict[str, Any], key: str) -> None:
     text = _id_text(event.get(key))
     if not text:
-        raise _Invalid("missing_field", f"{key} is required (a non-empty string)")
+        raise Invalid("missing_field", f"{key} is required (a non-empty string)")
     event[key] = text
 
 
 def validate(raw: Any, record_type: str) -> dict[str, Any]:
     """Check the fields Segment requires for `record_type`; returns a copy to enrich."""
     if not isinstance(raw, dict):
-        raise _Invalid("invalid_event", "each event must be a JSON object")
+        raise Invalid("invalid_event", "each event must be a JSON object")
     # The ids first: a stored event's JSON begins with its partition key (sinks read it there).
     event: dict[str, Any] = {"userId": None, "anonymousId": None}
     event.update(raw)
@@ -269,33 +274,33 @@ def validate(raw: Any, record_type: str) -> dict[str, Any]:
             continue
         text = _id_text(value)
         if text is None:
-            raise _Invalid("invalid_field", f"{key} must be a string")
+            raise Invalid("invalid_field", f"{key} must be a string")
         event[key] = text
         has_id = True
     if not has_id:
-        raise _Invalid("missing_field", "userId or anonymousId is required")
-    if record_type == _TRACK:
+        raise Invalid("missing_field", "userId or anonymousId is required")
+    if record_type == TRACK:
         name = event.get("event")
         if not isinstance(name, str) or not name:
-            raise _Invalid("missing_field", "track needs 'event', the event's name")
-    elif record_type == _GROUP:
+            raise Invalid("missing_field", "track needs 'event', the event's name")
+    elif record_type == GROUP:
         _require_id(event, "groupId")
-    elif record_type == _ALIAS:
+    elif record_type == ALIAS:
         _require_id(event, "previousId")
         _require_id(event, "userId")
     for key in _OBJECT_FIELDS:
         value = event.get(key)
         if value is not None and not isinstance(value, dict):
-            raise _Invalid("invalid_field", f"{key} must be a JSON object")
+            raise Invalid("invalid_field", f"{key} must be a JSON object")
     for key in ("name", "category"):
         value = event.get(key)
         if value is not None and not isinstance(value, str):
-            raise _Invalid("invalid_field", f"{key} must be a string")
+            raise Invalid("invalid_field", f"{key} must be a string")
     message_id = event.get("messageId")
     if message_id is not None and type(message_id) is not str:
         text = _id_text(message_id)
         if text is None:
-            raise _Invalid("invalid_field", "messageId must be a string")
+            raise Invalid("invalid_field", "messageId must be a string")
         event["messageId"] = text
     return event
 
@@ -309,7 +314,7 @@ def derived_message_id(item: dict[str, Any], source: str) -> str:
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
 
 
-class _Times:
+class Times:
     """The server-set times of one request's events (Segment's): what each event's
     `timestamp` and `sentAt` make of them, worked out once per distinct pair of texts.
     A request's events nearly always share both, so most events take a dict lookup."""
@@ -322,7 +327,7 @@ class _Times:
 
     def of(self, original: Any, sent: Any) -> tuple[str | None, str | None, str]:
         """`(originalTimestamp, sentAt, timestamp)` texts of an event that came with these
-        values (None: absent); raises `_Invalid` for a value that is not a time."""
+        values (None: absent); raises `Invalid` for a value that is not a time."""
         key = (original, sent)
         try:
             return self.known[key]
@@ -355,9 +360,9 @@ class _Times:
 
 
 def add_server_fields(
-    event: dict[str, Any], record_type: str, *, source: str, times: _Times
+    event: dict[str, Any], record_type: str, *, source: str, times: Times
 ) -> None:
-    """Add the server-set fields but `context`'s, as Segment does (see `_Times`)."""
+    """Add the server-set fields but `context`'s, as Segment does (see `Times`)."""
     event["type"] = record_type
     event.pop("writeKey", None)
     original, sent, timestamp = times.of(event.get("timestamp"), event.get("sentAt", times.sent_at))
@@ -403,7 +408,7 @@ def accept(
     with the violations in `context.sluice.violations`.
     """
     defaults = defaults or {}
-    times = _Times(datetime.now(UTC), defaults.get("sentAt"))
+    times = Times(datetime.now(UTC), defaults.get("sentAt"))
     parsed = Parsed(received_at=times.received_text)
     # The events that take the batch's own `context` all store the same one when what
     # enriches it reads the context alone: it is made and serialised once per request.
@@ -414,19 +419,19 @@ def accept(
     for index, item in enumerate(items):
         try:
             kind = record_type or (item.get("type") if isinstance(item, dict) else None)
-            if kind not in _RECORD_TYPES:
-                raise _Invalid(
+            if kind not in RECORD_TYPES:
+                raise Invalid(
                     "invalid_type",
-                    f"type must be one of {', '.join(_RECORD_TYPES)}, got {_clip(kind)}",
+                    f"type must be one of {', '.join(RECORD_TYPES)}, got {_clip(kind)}",
                 )
             if allowed_types is not None and kind not in allowed_types:
-                raise _Invalid("type_not_allowed", f"this source does not accept {kind} events")
+                raise Invalid("type_not_allowed", f"this source does not accept {kind} events")
             event = validate(item, kind)
             if not event.get("messageId"):
                 event["messageId"] = derived_message_id(item, source)
             violations = plan.violations(kind, event) if plan is not None else []
             if violations and reject_violations:
-                raise _Invalid(
+                raise Invalid(
                     "tracking_plan_violation",
                     f"{kind} event breaks the tracking plan: "
                     + "; ".join(f"{v['path']}: {v['message']}" for v in violations),
@@ -453,15 +458,15 @@ def accept(
             try:
                 payload = orjson.dumps(event)
             except orjson.JSONEncodeError as exc:  # not expected after parse_json; never a 500
-                raise _Invalid("invalid_event", f"event cannot be stored as JSON: {exc}") from exc
+                raise Invalid("invalid_event", f"event cannot be stored as JSON: {exc}") from exc
             if len(payload) > MAX_ENRICHED_BYTES:
-                raise _Invalid(
+                raise Invalid(
                     "event_too_large",
                     f"event is {len(payload)} bytes; the limit is {MAX_EVENT_BYTES}",
                 )
             if inherits and shared is None:
                 shared = orjson.Fragment(orjson.dumps(event["context"]))
-        except _Invalid as exc:
+        except Invalid as exc:
             parsed.rejected.append(Rejection(index, exc.code, exc.message, item, exc.violations))
             continue
         parsed.by_type.setdefault(kind, []).append(payload)
@@ -469,7 +474,7 @@ def accept(
     return parsed
 
 
-_RECORD_TYPES = tuple(t.value for t in RecordType)
+RECORD_TYPES = tuple(t.value for t in RecordType)
 _DROPPED = object()
 
 
